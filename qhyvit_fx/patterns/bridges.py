@@ -1,0 +1,317 @@
+"""Bridge-block matchers (Q-HyViT, Sec. "Bridge Blocks" and Table 4).
+
+A bridge block is where a hybrid network hands its representation between
+the convolutional (local) part and the transformer (global) part.  Each
+pattern below is a small networkx graph over node *kinds* (see
+:mod:`qhyvit_fx.patterns.kinds`) with attribute predicates, matched with
+``DiGraphMatcher.subgraph_monomorphisms_iter`` on the contracted kind graph,
+plus an optional structural filter.  Patterns are registered by name, like
+timm's model registry, so new families add patterns without touching the
+matcher.
+
+Matched blocks are written to ``node.meta["qhyvit_bridge"]`` of their member
+layers and collected in ``gm.meta["qhyvit_bridges"]``.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+import networkx as nx
+import torch.fx as fx
+from networkx.algorithms.isomorphism import DiGraphMatcher
+
+from .kinds import Kind, build_kind_graph
+
+LOCAL_TO_GLOBAL = "local->global"
+GLOBAL_TO_LOCAL = "global->local"
+
+
+@dataclass
+class BridgeTag:
+    """One bridge block found in a graph (all names are fx node names)."""
+
+    id: int
+    pattern: str
+    direction: str
+    layers: List[str]          # quantizable member layers, in graph order
+    entry: List[str]           # layers where the block starts
+    output: str                # layer whose output is the bridge output O^bb
+    reshape: List[str] = field(default_factory=list)  # layout-change chain inside / after the block
+    nodes: List[str] = field(default_factory=list)    # every fx node of the block, in graph order
+    modules: List[str] = field(default_factory=list)  # module names of ``layers``
+
+    def to_dict(self) -> Dict:
+        return asdict(self)
+
+
+@dataclass
+class BridgePattern:
+    name: str
+    template: nx.DiGraph                     # nodes carry 'pred': Callable[[dict], bool]
+    roles: Dict[str, str]                    # template node -> entry|member|output|reshape|context
+    direction: Callable[[nx.DiGraph, Dict[str, str]], str]
+    accept: Optional[Callable[[nx.DiGraph, Dict[str, str]], bool]] = None
+    description: str = ""
+
+
+PATTERNS: Dict[str, BridgePattern] = {}
+
+
+def register_pattern(p: BridgePattern) -> BridgePattern:
+    if p.name in PATTERNS:
+        raise ValueError(f"bridge pattern '{p.name}' is already registered")
+    PATTERNS[p.name] = p
+    return p
+
+
+# ---- predicates over kind-graph node attributes --------------------------------------------
+
+def _is(kind: Kind, **conds) -> Callable[[dict], bool]:
+    def pred(a: dict) -> bool:
+        if a.get("kind") != kind.value:
+            return False
+        for k, test in conds.items():
+            if not test(a.get(k)):
+                return False
+        return True
+    return pred
+
+
+def _k1(k) -> bool:
+    return k is not None and all(v == 1 for v in k)
+
+
+def _kgt1(k) -> bool:
+    return k is not None and any(v > 1 for v in k)
+
+
+def _s1(s) -> bool:
+    return s is not None and all(v == 1 for v in s)
+
+
+def _s2(s) -> bool:
+    return s is not None and any(v > 1 for v in s)
+
+
+def _dense(g) -> bool:
+    return g == 1
+
+
+def _template(nodes: Dict[str, Callable], edges: Sequence[tuple]) -> nx.DiGraph:
+    t = nx.DiGraph()
+    for n, pred in nodes.items():
+        t.add_node(n, pred=pred)
+    t.add_edges_from(edges)
+    return t
+
+
+def _reaches_attention_before_downsample(g: nx.DiGraph, start: str) -> bool:
+    """Whether a softmax/matmul is reachable from ``start`` without passing
+    another dense strided conv (i.e. the stage that starts here has global
+    blocks)."""
+    seen, stack = {start}, [start]
+    while stack:
+        v = stack.pop()
+        for w in g.successors(v):
+            if w in seen:
+                continue
+            seen.add(w)
+            a = g.nodes[w]
+            if a["kind"] in (Kind.SOFTMAX.value, Kind.MATMUL.value):
+                return True
+            if a["kind"] == Kind.CONV.value and _s2(a.get("stride")) and a.get("groups") == 1:
+                continue
+            stack.append(w)
+    return False
+
+
+def _has_attention_upstream(g: nx.DiGraph, node: str, hops: int = 6) -> bool:
+    frontier, seen = {node}, {node}
+    for _ in range(hops):
+        nxt = set()
+        for v in frontier:
+            for u in g.predecessors(v):
+                if u in seen:
+                    continue
+                seen.add(u)
+                if g.nodes[u]["kind"] in (Kind.SOFTMAX.value, Kind.MATMUL.value):
+                    return True
+                nxt.add(u)
+        frontier = nxt
+    return False
+
+
+# ---- MobileViT v1/v2: conv_kxk -> conv_1x1 -> unfold (reshape) -> norm -----------------------
+
+register_pattern(BridgePattern(
+    name="conv_unfold_transformer",
+    description="conv kxk -> conv 1x1 -> reshape (unfold to patches/tokens) -> norm of a transformer",
+    template=_template(
+        {"kxk": _is(Kind.CONV, kernel=_kgt1, stride=_s1),
+         "pw": _is(Kind.CONV, kernel=_k1, stride=_s1),
+         "unfold": _is(Kind.RESHAPE),
+         "norm": _is(Kind.NORM)},
+        [("kxk", "pw"), ("pw", "unfold"), ("unfold", "norm")]),
+    roles={"kxk": "entry", "pw": "output", "unfold": "reshape", "norm": "context"},
+    direction=lambda g, m: LOCAL_TO_GLOBAL,
+))
+
+
+# ---- EfficientFormer v1/v2: dense strided downsample into a stage with global blocks -------
+
+def _downsample_accept(g: nx.DiGraph, m: Dict[str, str]) -> bool:
+    ds = m["down"]
+    # the downsample follows a residual block (not a stem fed by the image) ...
+    preds = list(g.predecessors(ds))
+    if not preds or any(g.nodes[p]["kind"] == Kind.INPUT.value for p in preds):
+        return False
+    # ... and the stage it opens contains global (attention) blocks
+    return _reaches_attention_before_downsample(g, m["fc1"])
+
+
+def _downsample_direction(g: nx.DiGraph, m: Dict[str, str]) -> str:
+    src = m.get("merge", m["down"])
+    return GLOBAL_TO_LOCAL if _has_attention_upstream(g, src, hops=8) and any(
+        _has_attention_upstream(g, p, hops=6) for p in g.predecessors(src) if p != m["down"]) else LOCAL_TO_GLOBAL
+
+
+register_pattern(BridgePattern(
+    name="downsample_into_global_stage",
+    description="dense strided conv (stage downsample) -> conv 1x1 of the first meta block, "
+                "in a stage that contains attention blocks",
+    template=_template(
+        {"down": _is(Kind.CONV, kernel=_kgt1, stride=_s2, groups=_dense),
+         "fc1": _is(Kind.CONV, kernel=_k1, stride=_s1)},
+        [("down", "fc1")]),
+    roles={"down": "entry", "fc1": "output"},
+    direction=_downsample_direction,
+    accept=_downsample_accept,
+))
+
+register_pattern(BridgePattern(
+    name="downsample_merge_into_global_stage",
+    description="dense strided conv (+ parallel attention downsample) -> add -> conv 1x1 of the first "
+                "meta block, in a stage that contains attention blocks",
+    template=_template(
+        {"down": _is(Kind.CONV, kernel=_kgt1, stride=_s2, groups=_dense),
+         "merge": _is(Kind.ELEMENTWISE),
+         "fc1": _is(Kind.CONV, kernel=_k1, stride=_s1)},
+        [("down", "merge"), ("merge", "fc1")]),
+    roles={"down": "entry", "merge": "context", "fc1": "output"},
+    direction=_downsample_direction,
+    accept=_downsample_accept,
+))
+
+
+register_pattern(BridgePattern(
+    name="downsample_flatten_into_global_stage",
+    description="dense strided conv (stage downsample) -> flatten to tokens -> norm -> linear of the first "
+                "3D meta block (EfficientFormer stages that are global from their first block)",
+    template=_template(
+        {"down": _is(Kind.CONV, kernel=_kgt1, stride=_s2, groups=_dense),
+         "flat": _is(Kind.RESHAPE),
+         "norm": _is(Kind.NORM),
+         "fc": _is(Kind.LINEAR)},
+        [("down", "flat"), ("flat", "norm"), ("norm", "fc")]),
+    roles={"down": "entry", "flat": "reshape", "norm": "context", "fc": "output"},
+    direction=lambda g, m: LOCAL_TO_GLOBAL,
+    accept=lambda g, m: _downsample_accept(g, {"down": m["down"], "fc1": m["fc"]}),
+))
+
+
+# ---- matching ------------------------------------------------------------------------------
+
+def _node_match(g_attrs: dict, t_attrs: dict) -> bool:
+    return t_attrs["pred"](g_attrs)
+
+
+def _block_nodes(gm: fx.GraphModule, entries: List[str], output: str) -> List[str]:
+    """fx nodes on some path from an entry layer to the output layer."""
+    by_name = {n.name: n for n in gm.graph.nodes}
+    fwd = set()
+    stack = [by_name[e] for e in entries]
+    while stack:
+        n = stack.pop()
+        if n.name in fwd:
+            continue
+        fwd.add(n.name)
+        if n.name != output:
+            stack.extend(n.users)
+    back = set()
+    stack = [by_name[output]]
+    while stack:
+        n = stack.pop()
+        if n.name in back:
+            continue
+        back.add(n.name)
+        if n.name not in entries:
+            stack.extend(n.all_input_nodes)
+    keep = fwd & back
+    return [n.name for n in gm.graph.nodes if n.name in keep]
+
+
+def find_bridges(gm: fx.GraphModule, patterns: Optional[Sequence[str]] = None,
+                 kind_graph: Optional[nx.DiGraph] = None) -> List[BridgeTag]:
+    """Match every registered bridge pattern; return tags in graph order.
+
+    A layer belongs to at most one bridge: overlapping matches keep the
+    first (in graph order of their output layer).
+    """
+    g = kind_graph if kind_graph is not None else build_kind_graph(gm)
+    order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
+    found = []
+    for pname in (patterns or list(PATTERNS)):
+        p = PATTERNS[pname]
+        matcher = DiGraphMatcher(g, p.template, node_match=_node_match)
+        for mapping in matcher.subgraph_monomorphisms_iter():
+            m = {t: v for v, t in mapping.items()}  # template node -> graph node
+            if p.accept is not None and not p.accept(g, m):
+                continue
+            found.append((p, m))
+    tags: List[BridgeTag] = []
+    used = set()
+    for p, m in sorted(found, key=lambda pm: order[pm[1][_role(pm[0], "output")[0]]]):
+        output = m[_role(p, "output")[0]]
+        entries = [m[t] for t in _role(p, "entry")]
+        if output in used:
+            continue
+        if p.name.startswith("downsample_merge"):
+            # every layer merged into the add is an entry of the block (EfficientFormerV2's
+            # conv downsample and attention downsample both feed the first meta block)
+            merge = m["merge"]
+            entries = sorted({u for u in g.predecessors(merge) if g.nodes[u]["kind"] == Kind.CONV.value}
+                             | set(entries), key=order.get)
+        nodes = _block_nodes(gm, entries, output)
+        layer_set = [n for n in nodes if g.has_node(n) and g.nodes[n]["kind"] in (
+            Kind.CONV.value, Kind.LINEAR.value, Kind.MATMUL.value)]
+        if any(l in used for l in layer_set):
+            continue
+        reshape = []
+        for t in _role(p, "reshape"):
+            reshape.extend(g.nodes[m[t]]["members"])
+        used.update(layer_set)
+        tags.append(BridgeTag(
+            id=len(tags), pattern=p.name, direction=p.direction(g, m), layers=layer_set,
+            entry=entries, output=output, reshape=reshape, nodes=nodes,
+            modules=[g.nodes[l].get("module", l) for l in layer_set]))
+    return tags
+
+
+def _role(p: BridgePattern, role: str) -> List[str]:
+    return [t for t, r in p.roles.items() if r == role]
+
+
+def tag_bridges(gm: fx.GraphModule, patterns: Optional[Sequence[str]] = None) -> fx.GraphModule:
+    """Pass: write bridge tags into ``node.meta`` and ``gm.meta`` (graph unchanged)."""
+    tags = find_bridges(gm, patterns)
+    by_name = {n.name: n for n in gm.graph.nodes}
+    for n in gm.graph.nodes:
+        n.meta.pop("qhyvit_bridge", None)
+    for t in tags:
+        for l in t.layers:
+            role = "output" if l == t.output else ("entry" if l in t.entry else "member")
+            by_name[l].meta["qhyvit_bridge"] = {"id": t.id, "role": role, "direction": t.direction,
+                                                "output": t.output}
+    gm.meta["qhyvit_bridges"] = tags
+    return gm
