@@ -1,0 +1,130 @@
+"""Quantization configuration."""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Dict, Optional, Tuple
+
+from .quantizer import QSpec
+
+GRANULARITIES = ("tensor", "channel")
+SCHEMES = ("symmetric", "asymmetric")
+LAYER_POLICIES = ("quantize", "float", "8bit")
+MODES = ("partial", "full")
+TARGETS = ("fakequant", "ort")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message says which and how to fix it."""
+
+
+def parse_bits(text: str) -> Tuple[int, int]:
+    """'w8a8' -> (8, 8)."""
+    m = re.fullmatch(r"\s*[wW](\d+)\s*[aA](\d+)\s*", str(text))
+    if not m:
+        raise ConfigError(f"bits '{text}' is not of the form wNaM (for example w8a8, w6a6, w4a8)")
+    w, a = int(m.group(1)), int(m.group(2))
+    for name, b in (("weight", w), ("activation", a)):
+        if not 2 <= b <= 8:
+            raise ConfigError(f"{name} bits {b} are outside 2-8; use for example w8a8, w6a6 or w4a8")
+    return w, a
+
+
+@dataclass
+class QConfig:
+    """What to quantize and how.
+
+    The default is the paper's *partial* quantization (Table 1): weights and
+    input activations of every conv, linear and matmul are quantized;
+    LayerNorm/GroupNorm, softmax, GELU and residual adds stay float.  The
+    defaults below are the naive MinMax baseline's choices (per-channel
+    symmetric weights, per-tensor asymmetric activations); the ``qhyvit``
+    method searches granularity, scheme and scale per layer instead.
+    """
+
+    w_bits: int = 8
+    a_bits: int = 8
+    method: str = "minmax"
+    mode: str = "partial"
+    quantize_ops: Tuple[str, ...] = ("conv", "linear", "matmul")
+    w_granularity: str = "channel"
+    w_scheme: str = "symmetric"
+    a_granularity: str = "tensor"
+    a_scheme: str = "asymmetric"
+    first_layer: str = "quantize"
+    last_layer: str = "quantize"
+    target: str = "fakequant"          # 'ort': constrain choices to what onnxruntime runs in integer kernels
+    quantize_outputs: bool = False     # Q/DQ also after each quantized op (integer kernels in ORT)
+    weight_range_bits: Optional[int] = None  # clamp weight codes to this many bits (7 for AVX2 u8s8 kernels)
+    calib_images: int = 32
+    calib_batch: int = 8
+    seed: int = 0
+    # Q-HyViT search
+    rounds: int = 3
+    n_candidates: int = 100
+    alpha: float = 0.01
+    beta: float = 1.2
+    search_scale: bool = True
+    search_granularity: bool = True
+    search_scheme: bool = True
+    bridge_objective: bool = True
+    max_positions: int = 4096          # sampled output positions per layer for the fast search
+    topk_verify: int = 4               # candidates re-checked on all positions
+    exhaustive: bool = False           # reference search: every candidate on every position
+    device: str = "cpu"
+    layer_overrides: Dict[str, Dict] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> "QConfig":
+        for name in ("w_bits", "a_bits"):
+            b = getattr(self, name)
+            if not isinstance(b, int) or not 2 <= b <= 8:
+                raise ConfigError(f"{name}={b!r} is outside 2-8; choose an integer bit width from 2 to 8")
+        for name, allowed in (("w_granularity", GRANULARITIES), ("a_granularity", GRANULARITIES),
+                              ("w_scheme", SCHEMES), ("a_scheme", SCHEMES), ("first_layer", LAYER_POLICIES),
+                              ("last_layer", LAYER_POLICIES), ("mode", MODES), ("target", TARGETS)):
+            v = getattr(self, name)
+            if v not in allowed:
+                raise ConfigError(f"{name}={v!r} is not one of {', '.join(allowed)}")
+        bad = [o for o in self.quantize_ops if o not in ("conv", "linear", "matmul")]
+        if bad:
+            raise ConfigError(f"quantize_ops {bad} unknown; use a subset of conv, linear, matmul")
+        if self.calib_images < 1:
+            raise ConfigError("calib_images must be at least 1")
+        if self.weight_range_bits is not None and not 2 <= self.weight_range_bits <= 8:
+            raise ConfigError("weight_range_bits must be between 2 and 8")
+        if self.rounds < 1 or self.n_candidates < 1:
+            raise ConfigError("rounds and n_candidates must be at least 1")
+        if not 0 < self.alpha < self.beta:
+            raise ConfigError("need 0 < alpha < beta for the scale candidates")
+        return self
+
+    # ---- default specs ---------------------------------------------------------------------
+    def weight_spec(self, bits: Optional[int] = None) -> QSpec:
+        b = bits or self.w_bits
+        if self.weight_range_bits is not None:
+            b = min(b, self.weight_range_bits)
+        return QSpec(bits=b, symmetric=self.w_scheme == "symmetric",
+                     per_channel=self.w_granularity == "channel", axis=0)
+
+    def act_spec(self, bits: Optional[int] = None, axis: int = 1) -> QSpec:
+        return QSpec(bits=bits or self.a_bits, symmetric=self.a_scheme == "symmetric",
+                     per_channel=self.a_granularity == "channel", axis=axis)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["quantize_ops"] = list(self.quantize_ops)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "QConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown config keys {unknown}")
+        d = dict(d)
+        if "quantize_ops" in d:
+            d["quantize_ops"] = tuple(d["quantize_ops"])
+        return cls(**d)

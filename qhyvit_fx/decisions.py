@@ -1,0 +1,125 @@
+"""Per-layer quantization decisions and their JSON form.
+
+A decisions file fully determines a converted graph: ``convert(prepared,
+decisions=...)`` applies it exactly, so a user can edit scales, zero points,
+granularity or scheme of any layer and re-convert.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+from .quantizer import QParams
+
+FORMAT = "qhyvit-decisions/1"
+
+
+class DecisionsError(ValueError):
+    """A decisions file is malformed or does not fit the model."""
+
+
+@dataclass
+class LayerDecision:
+    layer: str
+    kind: str
+    weight: Optional[QParams] = None
+    inputs: Dict[int, Optional[QParams]] = field(default_factory=dict)
+    output: Optional[QParams] = None
+    bridge: Optional[int] = None
+    error: Dict[str, float] = field(default_factory=dict)     # search objective before / after
+    info: Dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = {"layer": self.layer, "kind": self.kind, "bridge": self.bridge,
+             "weight": self.weight.to_dict() if self.weight is not None else None,
+             "inputs": {str(i): (q.to_dict() if q is not None else None) for i, q in sorted(self.inputs.items())},
+             "output": self.output.to_dict() if self.output is not None else None}
+        if self.error:
+            d["error"] = {k: float(v) for k, v in self.error.items()}
+        if self.info:
+            d["info"] = self.info
+        return d
+
+    @staticmethod
+    def from_dict(d: dict) -> "LayerDecision":
+        try:
+            name = d["layer"]
+            def qp(x, what):
+                if x is None:
+                    return None
+                try:
+                    return QParams.from_dict(x)
+                except (KeyError, TypeError, ValueError) as e:
+                    raise DecisionsError(f"layer '{name}' {what}: {e}") from e
+            return LayerDecision(
+                layer=name, kind=d.get("kind", ""), bridge=d.get("bridge"),
+                weight=qp(d.get("weight"), "weight"),
+                inputs={int(k): qp(v, f"input {k}") for k, v in (d.get("inputs") or {}).items()},
+                output=qp(d.get("output"), "output"),
+                error=dict(d.get("error") or {}), info=dict(d.get("info") or {}))
+        except KeyError as e:
+            raise DecisionsError(f"a layer entry lacks the key {e}") from e
+
+
+@dataclass
+class Decisions:
+    layers: Dict[str, LayerDecision]
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "meta": self.meta, "layers": [l.to_dict() for l in self.layers.values()]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=False)
+
+    def save(self, path: str) -> None:
+        atomic_write_text(path, self.to_json())
+
+    @staticmethod
+    def from_dict(d: dict) -> "Decisions":
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise DecisionsError(f"not a decisions file (expected \"format\": \"{FORMAT}\")")
+        layers = {}
+        for ld in d.get("layers", []):
+            l = LayerDecision.from_dict(ld)
+            layers[l.layer] = l
+        return Decisions(layers, dict(d.get("meta") or {}))
+
+    @staticmethod
+    def load(path: str) -> "Decisions":
+        try:
+            with open(path) as f:
+                d = json.load(f)
+        except FileNotFoundError as e:
+            raise DecisionsError(f"decisions file '{path}' does not exist") from e
+        except json.JSONDecodeError as e:
+            raise DecisionsError(f"decisions file '{path}' is not valid JSON: {e}") from e
+        return Decisions.from_dict(d)
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write via a temp file in the same folder and os.replace: never a partial file."""
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m

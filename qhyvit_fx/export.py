@@ -1,0 +1,74 @@
+"""QDQ ONNX export of a converted (fake-quant) GraphModule.
+
+Activations export as QuantizeLinear -> [Clip] -> DequantizeLinear, weights as
+int8 initializers -> DequantizeLinear (see :mod:`qhyvit_fx.modules`).  The
+legacy TorchScript exporter is used (opset 17, under a second for these
+models); ``onnx.checker`` validates the result, and the file is written
+atomically.
+"""
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from typing import Optional
+
+import torch
+import torch.fx as fx
+
+from .decisions import atomic_write_bytes
+
+
+class ExportError(RuntimeError):
+    """The model could not be exported; the message says why."""
+
+
+def export_onnx(qm: fx.GraphModule, path: str, example_input: Optional[torch.Tensor] = None, opset: int = 17,
+                dynamic_batch: bool = True) -> str:
+    """Write ``qm`` as QDQ ONNX to ``path``; returns the path."""
+    import onnx
+
+    if example_input is None:
+        shape = qm.meta.get("qhyvit_example_shape")
+        if shape is None:
+            raise ExportError("pass example_input: the model carries no example shape")
+        example_input = torch.zeros((1,) + tuple(shape[1:]))
+    out_dir = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(out_dir):
+        raise ExportError(f"output folder '{out_dir}' does not exist; create it or choose another path")
+    buf = io.BytesIO()
+    qm.eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            qm, (example_input,), buf, dynamo=False, opset_version=opset, input_names=["input"],
+            output_names=["logits"], do_constant_folding=True,
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None)
+    model = onnx.load_from_string(buf.getvalue())
+    model.producer_name = "qhyvit-fx"
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as e:
+        raise ExportError(f"exported ONNX failed onnx.checker: {e}") from e
+    atomic_write_bytes(path, model.SerializeToString())
+    return path
+
+
+def ort_session(path: str, threads: int = 2, optimize: bool = True):
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def ort_callable(path: str, threads: int = 2, optimize: bool = True):
+    """A torch-in, torch-out callable running the ONNX file in onnxruntime."""
+    sess = ort_session(path, threads, optimize)
+    name = sess.get_inputs()[0].name
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(sess.run(None, {name: x.detach().cpu().numpy()})[0])
+    return run

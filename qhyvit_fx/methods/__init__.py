@@ -1,0 +1,7 @@
+"""Calibration methods: each turns a calibrated prepared graph into decisions.
+
+Register new methods with :func:`register_method`; the CLI's ``--method``
+and ``QConfig.method`` look them up here.
+"""
+from .base import METHODS, Method, get_method, register_method  # noqa: F401
+from . import minmax  # noqa: F401  (registers)

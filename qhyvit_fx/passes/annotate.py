@@ -1,0 +1,102 @@
+"""Pass: annotate quantizable nodes with quantization specs from a config.
+
+Writes ``node.meta["qhyvit_quant"]`` (a :class:`QuantAnnotation`) on every
+conv / linear / matmul node that the config quantizes.  Later passes only
+execute these annotations.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import torch.fx as fx
+import torch.nn as nn
+
+from ..config import QConfig
+from ..patterns.kinds import Kind, classify, layer_name, node_module
+from ..quantizer import QSpec
+
+ANNOTATION = "qhyvit_quant"
+
+
+@dataclass
+class QuantAnnotation:
+    layer: str                                  # stable name: module path, or node name for matmuls
+    kind: str                                   # conv | linear | matmul
+    weight: Optional[QSpec]                     # None: weight stays float (or no weight)
+    inputs: Dict[int, QSpec]                    # positional arg index -> default spec
+    input_axes: Dict[int, Optional[int]]        # channel axis allowed for per-channel (None: per-tensor only)
+    output: Optional[QSpec] = None              # output quantizer (deployment graphs)
+    output_axis: Optional[int] = None
+    bridge: Optional[int] = None                # bridge block id, if a member
+    bridge_role: Optional[str] = None
+    observers: Dict[str, str] = field(default_factory=dict)   # 'in0' / 'out' -> submodule name
+
+    @property
+    def a_bits(self) -> int:
+        return next(iter(self.inputs.values())).bits if self.inputs else 0
+
+
+def _rank(node: fx.Node) -> Optional[int]:
+    tm = node.meta.get("tensor_meta")
+    return len(tm.shape) if tm is not None and hasattr(tm, "shape") else None
+
+
+def quantized_layers(gm: fx.GraphModule) -> List[fx.Node]:
+    return [n for n in gm.graph.nodes if ANNOTATION in n.meta]
+
+
+def annotate(gm: fx.GraphModule, config: QConfig) -> fx.GraphModule:
+    ops = set(config.quantize_ops)
+    candidates = []
+    for node in gm.graph.nodes:
+        node.meta.pop(ANNOTATION, None)
+        k = classify(gm, node)
+        if k == Kind.CONV and "conv" in ops and isinstance(node_module(gm, node), nn.Conv2d):
+            candidates.append((node, k))
+        elif k == Kind.LINEAR and "linear" in ops and isinstance(node_module(gm, node), nn.Linear):
+            candidates.append((node, k))
+        elif k == Kind.MATMUL and "matmul" in ops and len(node.args) >= 2:
+            candidates.append((node, k))
+    ort = config.target == "ort"
+    for i, (node, k) in enumerate(candidates):
+        policy = "quantize"
+        if i == 0:
+            policy = config.first_layer
+        if i == len(candidates) - 1:
+            policy = config.last_layer if policy == "quantize" else policy
+        if policy == "float":
+            continue
+        w_bits = 8 if policy == "8bit" else config.w_bits
+        a_bits = 8 if policy == "8bit" else config.a_bits
+        name = layer_name(gm, node)
+        override = config.layer_overrides.get(name, {})
+        w_bits = int(override.get("w_bits", w_bits))
+        a_bits = int(override.get("a_bits", a_bits))
+        if k == Kind.MATMUL:
+            idxs = [0, 1]
+            axes = {0: None, 1: None}
+            wspec = None
+        else:
+            idxs = [0]
+            r = _rank(node.args[0])
+            axes = {0: None if ort or r is None else (1 if k == Kind.CONV else r - 1)}
+            wspec = config.weight_spec(w_bits)
+            if ort and not wspec.symmetric:
+                wspec = wspec.with_(symmetric=True, signed=True)
+        inputs = {}
+        for j in idxs:
+            ax = axes[j]
+            spec = config.act_spec(a_bits, axis=ax if ax is not None else 0)
+            if ax is None and spec.per_channel:
+                spec = spec.with_(per_channel=False, axis=0)
+            inputs[j] = spec
+        out_spec, out_axis = None, None
+        if config.quantize_outputs:
+            out_spec = config.act_spec(a_bits).with_(per_channel=False, axis=0)
+        b = node.meta.get("qhyvit_bridge")
+        node.meta[ANNOTATION] = QuantAnnotation(
+            layer=name, kind=k.value, weight=wspec, inputs=inputs, input_axes=axes, output=out_spec,
+            output_axis=out_axis, bridge=b["id"] if b else None, bridge_role=b["role"] if b else None)
+    gm.meta["qhyvit_config"] = config
+    return gm

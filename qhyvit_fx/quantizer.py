@@ -1,0 +1,216 @@
+"""Uniform affine quantization maths (pure torch, no FX).
+
+    q = clamp(round(x / s) + z, qmin, qmax),   x_hat = (q - z) * s        (paper eq. 1)
+
+* bits 2..8; per-tensor or per-channel along any axis; symmetric (z = 0,
+  signed integers) or asymmetric (unsigned integers, z chosen so that the
+  real range [lo, hi] maps onto [qmin, qmax]).
+* Rounding and the order of operations follow ``torch.fake_quantize_*``
+  exactly (``x * (1/s)``, round half to even, float32), so a search done with
+  :func:`fake_quant` picks what the exported graph will compute.
+* Zero-point overflow (paper, challenge C2): when a range does not contain 0
+  the ideal zero point falls outside [qmin, qmax].  It is clamped, and the
+  number of clamped channels is reported in :attr:`QParams.zp_overflow`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Optional, Sequence, Tuple
+
+import torch
+
+__all__ = ["QSpec", "QParams", "qrange", "fake_quant", "params_from_range", "params_from_stats",
+           "candidate_fractions", "reduce_dims", "channel_minmax"]
+
+MIN_SCALE = 1e-8
+
+
+def qrange(bits: int, signed: bool, narrow: bool = False) -> Tuple[int, int]:
+    """Integer range of a ``bits``-wide code.  ``narrow`` drops the most
+    negative signed value (symmetric weights: -127..127)."""
+    if not 2 <= bits <= 8:
+        raise ValueError(f"bits must be between 2 and 8, got {bits}")
+    if signed:
+        lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+        return (lo + 1 if narrow else lo), hi
+    return 0, 2 ** bits - 1
+
+
+@dataclass(frozen=True)
+class QSpec:
+    """How one tensor is quantized (not the numbers: see :class:`QParams`)."""
+
+    bits: int = 8
+    symmetric: bool = True
+    per_channel: bool = False
+    axis: int = 0                    # channel axis when per_channel
+    narrow: bool = False             # symmetric only: -(2^(b-1)-1)..2^(b-1)-1
+    signed: Optional[bool] = None    # code signedness; default: symmetric -> signed, asymmetric -> unsigned
+
+    def __post_init__(self):
+        qrange(self.bits, True)      # validates bits
+        if self.signed is None:
+            object.__setattr__(self, "signed", bool(self.symmetric))
+        if self.symmetric and not self.signed:
+            raise ValueError("a symmetric quantizer needs signed codes")
+
+    @property
+    def qmin(self) -> int:
+        return qrange(self.bits, bool(self.signed), self.narrow and self.symmetric)[0]
+
+    @property
+    def qmax(self) -> int:
+        return qrange(self.bits, bool(self.signed), self.narrow and self.symmetric)[1]
+
+    @property
+    def granularity(self) -> str:
+        return "channel" if self.per_channel else "tensor"
+
+    @property
+    def scheme(self) -> str:
+        return "symmetric" if self.symmetric else "asymmetric"
+
+    def with_(self, **kw) -> "QSpec":
+        return replace(self, **kw)
+
+    def to_dict(self) -> dict:
+        return {"bits": self.bits, "granularity": self.granularity, "scheme": self.scheme,
+                "axis": self.axis if self.per_channel else None, "signed": bool(self.signed),
+                "qmin": self.qmin, "qmax": self.qmax}
+
+
+@dataclass
+class QParams:
+    """Scale and zero point of one quantizer (shape [] or [C])."""
+
+    spec: QSpec
+    scale: torch.Tensor
+    zero_point: torch.Tensor         # int32, within [qmin, qmax]
+    zp_overflow: int = 0             # channels whose ideal zero point was clamped
+
+    def __post_init__(self):
+        self.scale = self.scale.detach().to(torch.float32)
+        self.zero_point = self.zero_point.detach().to(torch.int32)
+
+    def to_dict(self) -> dict:
+        d = self.spec.to_dict()
+        d["scale"] = [float(v) for v in self.scale.reshape(-1)]
+        d["zero_point"] = [int(v) for v in self.zero_point.reshape(-1)]
+        d["zp_overflow"] = int(self.zp_overflow)
+        return d
+
+    @staticmethod
+    def from_dict(d: dict) -> "QParams":
+        per_channel = d["granularity"] == "channel"
+        if d.get("scheme") not in ("symmetric", "asymmetric") or d.get("granularity") not in ("tensor", "channel"):
+            raise ValueError("scheme must be symmetric|asymmetric and granularity tensor|channel")
+        sym = d["scheme"] == "symmetric"
+        bits = int(d["bits"])
+        spec = QSpec(bits=bits, symmetric=sym, per_channel=per_channel,
+                     axis=int(d["axis"]) if per_channel else 0,
+                     narrow=sym and "qmin" in d and int(d["qmin"]) == -(2 ** (bits - 1)) + 1,
+                     signed=bool(d.get("signed", sym)))
+        scale = torch.tensor(d["scale"], dtype=torch.float32)
+        zp = torch.tensor(d["zero_point"], dtype=torch.int32)
+        if not per_channel:
+            scale, zp = scale.reshape(()), zp.reshape(())
+        if (scale <= 0).any() or not torch.isfinite(scale).all():
+            raise ValueError("scales must be positive and finite")
+        over = int(((zp < spec.qmin) | (zp > spec.qmax)).sum())
+        zp = zp.clamp(spec.qmin, spec.qmax)
+        return QParams(spec, scale, zp, over)
+
+
+def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int,
+               axis: Optional[int] = None) -> torch.Tensor:
+    """Quantize-dequantize ``x`` exactly as ``torch.fake_quantize_*`` does.
+
+    Per-tensor (``axis`` None): ``scale`` is [] or [K].  Per-channel: ``scale``
+    is [C] or [K, C], channels along ``axis`` of x.  A leading K dimension
+    holds candidates: the result is then [K, *x.shape], which is how the
+    search evaluates many candidates in one call.
+    """
+    s = scale.to(torch.float32)
+    z = zero_point.to(torch.float32)
+    if axis is None:
+        tail = (1,) * x.dim()
+        s_b, z_b = s.reshape(tuple(s.shape) + tail), z.reshape(tuple(z.shape) + tail)
+    else:
+        ax = axis % x.dim()
+        shape = [1] * x.dim()
+        shape[ax] = s.shape[-1]
+        s_b = s.reshape(tuple(s.shape[:-1]) + tuple(shape))
+        z_b = z.reshape(tuple(z.shape[:-1]) + tuple(shape))
+    q = torch.clamp(torch.round(x * (1.0 / s_b)) + z_b, qmin, qmax)
+    return (q - z_b) * s_b
+
+
+def reduce_dims(x: torch.Tensor, axis: Optional[int]) -> Tuple[int, ...]:
+    if axis is None:
+        return tuple(range(x.dim()))
+    axis = axis % x.dim()
+    return tuple(d for d in range(x.dim()) if d != axis)
+
+
+def channel_minmax(x: torch.Tensor, axis: Optional[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(min, max) per channel along ``axis`` (or over the whole tensor)."""
+    if axis is None:
+        return x.min(), x.max()
+    axis = axis % x.dim()
+    xt = x.movedim(axis, 0).reshape(x.shape[axis], -1)
+    return xt.min(dim=1).values, xt.max(dim=1).values
+
+
+def params_from_range(lo: torch.Tensor, hi: torch.Tensor, spec: QSpec,
+                      fraction: Optional[torch.Tensor] = None) -> QParams:
+    """Quantizer params covering ``[lo, hi]`` (shrunk by ``fraction``).
+
+    symmetric:  s = f * max(|lo|, |hi|) / qmax,  z = 0
+    asymmetric: the range is widened to contain 0 (so zero padding stays
+                exact), s = f * (hi - lo) / (qmax - qmin),
+                z = qmin - round(lo / (hi - lo) * (qmax - qmin))
+    The zero point of the asymmetric case does not depend on f: shrinking
+    the clipping range about 0 keeps 0 on the grid.
+    """
+    lo = torch.as_tensor(lo, dtype=torch.float32)
+    hi = torch.as_tensor(hi, dtype=torch.float32)
+    f = torch.ones(()) if fraction is None else torch.as_tensor(fraction, dtype=torch.float32)
+    qmin, qmax = spec.qmin, spec.qmax
+    if spec.symmetric:
+        amax = torch.maximum(lo.abs(), hi.abs())
+        scale = (f * amax / qmax).clamp_min(MIN_SCALE)
+        zp = torch.zeros_like(scale, dtype=torch.int32)
+        over = 0
+    else:
+        lo0 = torch.minimum(lo, torch.zeros_like(lo))
+        hi0 = torch.maximum(hi, torch.zeros_like(hi))
+        span = (hi0 - lo0).clamp_min(MIN_SCALE)
+        scale = (f * span / (qmax - qmin)).clamp_min(MIN_SCALE)
+        ideal = qmin - torch.round(lo0 / span * (qmax - qmin))
+        ideal = ideal.expand_as(scale) if ideal.dim() < scale.dim() else ideal
+        over = int(((ideal < qmin) | (ideal > qmax)).sum())
+        zp = ideal.clamp(qmin, qmax).to(torch.int32)
+    return QParams(spec, scale, zp, over)
+
+
+def params_from_stats(lo: torch.Tensor, hi: torch.Tensor, spec: QSpec, zero_point_from_range: bool = False
+                      ) -> QParams:
+    """Like :func:`params_from_range`, but with ``zero_point_from_range`` the
+    asymmetric zero point is derived from the raw [lo, hi] without widening to
+    0 -- the behaviour that causes zero-point overflow in the paper (used by
+    the baseline methods that reproduce it, and by tests)."""
+    if spec.symmetric or not zero_point_from_range:
+        return params_from_range(lo, hi, spec)
+    lo = torch.as_tensor(lo, dtype=torch.float32)
+    hi = torch.as_tensor(hi, dtype=torch.float32)
+    qmin, qmax = spec.qmin, spec.qmax
+    scale = ((hi - lo) / (qmax - qmin)).clamp_min(MIN_SCALE)
+    ideal = qmin - torch.round(lo / scale)
+    over = int(((ideal < qmin) | (ideal > qmax)).sum())
+    return QParams(spec, scale, ideal.clamp(qmin, qmax).to(torch.int32), over)
+
+
+def candidate_fractions(n: int = 100, alpha: float = 0.01, beta: float = 1.2) -> torch.Tensor:
+    """The search grid of the released Q-HyViT code: alpha + i*(beta-alpha)/n, i = 0..n."""
+    i = torch.arange(n + 1, dtype=torch.float64)
+    return (alpha + i * (beta - alpha) / n).to(torch.float32)
