@@ -128,7 +128,7 @@ def _config(args, w_bits: int, a_bits: int):
     from .target import weight_range_bits
     wrb = weight_range_bits(args.kernel, w_bits) if getattr(args, "kernel", "none") else None
     return QConfig(w_bits=w_bits, a_bits=a_bits, method=args.method, calib_images=args.calib_images,
-                   seed=args.seed, weight_range_bits=wrb, device=getattr(args, "device", "cpu"))
+                   seed=args.seed, weight_range_bits=wrb, device=getattr(args, "device", "cpu"), progress=True)
 
 
 def _calibrated(job: Job, args, lm, pre, w_bits, a_bits, log):

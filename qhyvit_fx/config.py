@@ -61,6 +61,7 @@ class QConfig:
     seed: int = 0
     # Q-HyViT search
     rounds: int = 3
+    round_tol: float = 1e-3            # a round improving the objective less than this ends the search
     n_candidates: int = 100
     alpha: float = 0.01
     beta: float = 1.2
@@ -68,10 +69,16 @@ class QConfig:
     search_granularity: bool = True
     search_scheme: bool = True
     bridge_objective: bool = True
+    grad_source: str = "kl"            # kl: (dKL/dO)^2 at the MinMax-quantized graph (paper); fisher: diagonal
+                                       # Fisher of the float predictions, sum_y p_y (d log p_y / dO)^2
+    fisher_classes: int = 10           # most likely classes summed for the Fisher
+    act_cv: bool = True                # score activation candidates by K-fold validation over images
+    cv_folds: int = 4
     max_positions: int = 4096          # sampled output positions per layer for the fast search
     topk_verify: int = 4               # candidates re-checked on all positions
     exhaustive: bool = False           # reference search: every candidate on every position
     device: str = "cpu"
+    progress: bool = False             # tqdm bars during calibration / search
     layer_overrides: Dict[str, Dict] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -95,6 +102,8 @@ class QConfig:
             raise ConfigError("calib_images must be at least 1")
         if self.weight_range_bits is not None and not 2 <= self.weight_range_bits <= 8:
             raise ConfigError("weight_range_bits must be between 2 and 8")
+        if self.grad_source not in ("kl", "fisher"):
+            raise ConfigError(f"grad_source={self.grad_source!r} is not one of kl, fisher")
         if self.rounds < 1 or self.n_candidates < 1:
             raise ConfigError("rounds and n_candidates must be at least 1")
         if not 0 < self.alpha < self.beta:

@@ -141,8 +141,9 @@ def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, q
         shape[ax] = s.shape[-1]
         s_b = s.reshape(tuple(s.shape[:-1]) + tuple(shape))
         z_b = z.reshape(tuple(z.shape[:-1]) + tuple(shape))
-    q = torch.clamp(torch.round(x * (1.0 / s_b)) + z_b, qmin, qmax)
-    return (q - z_b) * s_b
+    q = x * (1.0 / s_b)                  # one allocation, then in place
+    q.round_().add_(z_b).clamp_(qmin, qmax).sub_(z_b)
+    return q.mul_(s_b)
 
 
 def reduce_dims(x: torch.Tensor, axis: Optional[int]) -> Tuple[int, ...]:

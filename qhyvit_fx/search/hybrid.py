@@ -1,0 +1,460 @@
+"""Q-HyViT hybrid reconstruction search (paper Algorithm 1), FX-free.
+
+For one layer, alternately for the weight and for each input activation,
+for ``rounds`` rounds: choose granularity (per-tensor / per-channel), scheme
+(symmetric / asymmetric) and scale (candidates ``f * minmax_scale`` for the
+fractions f of the released code) minimising the Hessian-guided output error
+sum g^2 (O_q - O_fp)^2.
+
+Exact speed-ups (same decisions as the exhaustive search):
+* the error of a weight quantizer decomposes over output channels when the
+  objective is the layer's own output; per-channel scales are then chosen
+  independently per channel, and the error is a quadratic form in the
+  weight perturbation: E_c(d) = d' H_c d + 2 d' b_c + r_c with
+  H_c = sum_s g^2_sc x_s x_s'.  Building H_c once makes each candidate cost
+  Kg^2 instead of rows * Kg (used when that is cheaper);
+* a round in which no decision changes ends the search (the next would
+  repeat it).
+Approximate speed-up (checked against the exhaustive search in the tests):
+* coarse-to-fine: every candidate is ranked on ``coarse_rows`` rows, and the
+  ``topk`` best (per channel where the error decomposes) are re-scored on all
+  rows, together with the current choice, so a round never increases the
+  error on the sampled rows.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+from ..quantizer import QParams, QSpec, candidate_fractions, channel_minmax, fake_quant, params_from_range
+from .problem import ActStats, MatmulProblem, SearchOptions, WeightedLayerProblem
+
+
+@dataclass
+class Choice:
+    qp: QParams
+    key: tuple                         # identifies the choice, for change detection
+    frac: float = 1.0                  # candidate fraction of the MinMax range
+
+    @property
+    def spec(self) -> QSpec:
+        return self.qp.spec
+
+
+@dataclass
+class LayerResult:
+    name: str
+    weight: Optional[QParams]
+    inputs: List[QParams]
+    error_before: float
+    error_after: float
+    rounds: int
+    evaluations: int = 0
+    info: dict = field(default_factory=dict)
+
+
+# ---- candidates ----------------------------------------------------------------------------
+
+def _fractions(opts: SearchOptions) -> torch.Tensor:
+    if not opts.search_scale:
+        return torch.ones(1)
+    f = opts.fractions if opts.fractions is not None else candidate_fractions()
+    if not bool((f == 1.0).any()):
+        f = torch.cat([f, torch.ones(1)])      # MinMax itself is always a candidate
+    return f
+
+
+def _combos(base: QSpec, opts: SearchOptions, per_channel_ok: bool, asym_ok: bool, asym_signed: bool
+            ) -> List[QSpec]:
+    """(granularity, scheme) pairs to try.  Asymmetric codes are signed for
+    weights (int8 storage) and unsigned for activations."""
+    grans = [False, True] if (opts.search_granularity and per_channel_ok) else [base.per_channel and per_channel_ok]
+    schemes = [True, False] if (opts.search_scheme and asym_ok) else [base.symmetric or not asym_ok]
+    return [base.with_(per_channel=pc, symmetric=sym, signed=True if sym else asym_signed)
+            for pc in grans for sym in schemes]
+
+
+def _candidate_params(lo, hi, spec: QSpec, f: torch.Tensor) -> QParams:
+    """Scales [n] (per-tensor) or [n, C] (per-channel, one fraction for all channels)."""
+    frac = f[:, None] if spec.per_channel else f
+    return params_from_range(lo, hi, spec, fraction=frac)
+
+
+def _take(qp: QParams, idx) -> QParams:
+    """Pick candidate ``idx`` (int, or per-channel LongTensor [C]) out of
+    candidate params (scale and zero point [n] or [n, C])."""
+    if isinstance(idx, int):
+        return QParams(qp.spec, qp.scale[idx], qp.zero_point[idx], qp.zp_overflow)
+    c = torch.arange(qp.scale.shape[1])
+    return QParams(qp.spec, qp.scale[idx, c], qp.zero_point[idx, c], qp.zp_overflow)
+
+
+def _one(qp: QParams) -> QParams:
+    """A single choice as a one-candidate set."""
+    return QParams(qp.spec, qp.scale[None], qp.zero_point[None])
+
+
+def _weight_cands(w: torch.Tensor, qp: QParams) -> torch.Tensor:
+    """Fake-quantized weights for every candidate: [n, C, Kg]."""
+    return fake_quant(w, qp.scale, qp.zero_point, qp.spec.qmin, qp.spec.qmax,
+                      axis=0 if qp.spec.per_channel else None)
+
+
+def _quant_patches(p: WeightedLayerProblem, x: torch.Tensor, qp: QParams) -> torch.Tensor:
+    """Quantize patch rows [S, K] with candidate params -> [n, S, K] (or [S, K] for one)."""
+    if qp.spec.per_channel:
+        return fake_quant(x, qp.scale[..., p.col_channel], qp.zero_point[..., p.col_channel], qp.spec.qmin,
+                          qp.spec.qmax, axis=-1)
+    return fake_quant(x, qp.scale, qp.zero_point, qp.spec.qmin, qp.spec.qmax)
+
+
+# ---- errors of weighted layers -------------------------------------------------------------
+
+def _rows(n: int, coarse: int, opts: SearchOptions) -> int:
+    return n if opts.exhaustive else min(n, max(1, coarse))
+
+
+def _chunks(n: int, per_item: int, opts: SearchOptions):
+    step = max(1, opts.chunk_elems // max(1, per_item))
+    for a in range(0, n, step):
+        yield a, min(n, a + step)
+
+
+def _halving(err_of, n: int, total: int, opts: SearchOptions) -> Tuple[int, float]:
+    """Successive halving over candidates 0..n-1: score every candidate on the
+    first ``coarse_rows`` rows, keep a quarter (at least ``topk``) on 4x the
+    rows, ... and pick the best of the last ``topk`` scored on every row.
+    ``err_of(idx, rows)`` returns the errors of candidates ``idx`` on the first
+    ``rows`` rows.  Returns (candidate, its error on every row)."""
+    cands = torch.arange(n)
+    rows = _rows(total, opts.coarse_rows, opts)
+    while rows < total and len(cands) > opts.topk:
+        e = err_of(cands, rows)
+        keep = max(opts.topk, len(cands) // 4)
+        cands = cands[torch.topk(e, min(keep, len(cands)), largest=False).indices.sort().values]
+        rows = min(total, rows * 4)
+    e = err_of(cands, total)
+    j = int(e.argmin())
+    return int(cands[j]), float(e[j])
+
+
+def _w_err_direct(p: WeightedLayerProblem, xq: torch.Tensor, wq: torch.Tensor, rows: int, opts: SearchOptions
+                  ) -> torch.Tensor:
+    """Errors of candidate weights wq [n, C, Kg] on the first ``rows`` rows:
+    [n, C] without a tail (per output channel), [n] with one."""
+    x, out, g2 = xq[:rows], p.out_fp[:rows], p.grad2[:rows]
+    res = []
+    for a, b in _chunks(wq.shape[0], rows * max(wq.shape[1], out.shape[1]), opts):
+        o = p.layer_forward(x, wq[a:b])
+        if p.tail is not None:
+            n = o.shape[0]
+            o = p.tail(o.reshape(n * rows, -1)).reshape(n, rows, -1)
+        d = o - out
+        e = (g2 * d * d).sum(-2)
+        res.append(e.sum(-1) if p.tail is not None else e)
+    return torch.cat(res)
+
+
+class _Gram:
+    """Per-output-channel quadratic form of the weight error (no tail)."""
+
+    def __init__(self, p: WeightedLayerProblem, xq: torch.Tensor, opts: SearchOptions):
+        S, K = xq.shape
+        C, Kg = p.weight.shape
+        g = p.groups
+        Cg = C // g
+        xg = xq.reshape(S, g, Kg)
+        r = p.layer_forward(xq, p.weight) - p.out_fp                     # [S, C]
+        gr = p.grad2 * r
+        self.const = (p.grad2 * r * r).sum(0)                            # [C]
+        self.H = torch.empty(C, Kg, Kg)
+        self.b = torch.empty(C, Kg)
+        grp = torch.arange(C) // Cg
+        step = max(1, opts.chunk_elems // max(1, S * Kg))
+        for c0 in range(0, C, step):
+            c1 = min(C, c0 + step)
+            xc = xg[:, grp[c0:c1], :].permute(1, 0, 2)                   # [c, S, Kg]
+            wx = xc * p.grad2[:, c0:c1].t().unsqueeze(-1)
+            self.H[c0:c1] = wx.transpose(1, 2) @ xc
+            self.b[c0:c1] = (xc * gr[:, c0:c1].t().unsqueeze(-1)).sum(1)
+
+    def errors(self, delta: torch.Tensor) -> torch.Tensor:
+        """delta [n, C, Kg] -> [n, C]."""
+        hd = torch.einsum("nck,ckl->ncl", delta, self.H)
+        return (hd * delta).sum(-1) + 2 * (delta * self.b).sum(-1) + self.const
+
+
+def _use_gram(p: WeightedLayerProblem, n_combos: int, n_fracs: int, opts: SearchOptions) -> bool:
+    if p.tail is not None or opts.exhaustive:
+        return False
+    C, Kg = p.weight.shape
+    if C * Kg * Kg > opts.quadratic_max_elems:
+        return False
+    # multiply-adds: build H once + every candidate as a quadratic form, vs. every candidate
+    # on the coarse rows + the top-k of each combo on all rows
+    rows, n = p.rows, n_combos * n_fracs
+    gram = C * Kg * Kg * (rows + n)
+    direct = n * _rows(rows, opts.coarse_rows, opts) * C * Kg + n_combos * opts.topk * rows * C * Kg
+    return gram < direct
+
+
+def _search_weight(p: WeightedLayerProblem, xq: torch.Tensor, cur: Optional[Choice], opts: SearchOptions,
+                   stats: dict) -> Choice:
+    f = _fractions(opts)
+    combos = _combos(p.w_spec, opts, per_channel_ok=True, asym_ok=opts.weight_asym_ok, asym_signed=True)
+    gram = _Gram(p, xq, opts) if _use_gram(p, len(combos), len(f), opts) else None
+    decomposable = p.tail is None
+    best: Optional[Tuple[float, Choice]] = None
+    for spec in combos:
+        lo, hi = channel_minmax(p.weight, 0 if spec.per_channel else None)
+        qp = _candidate_params(lo, hi, spec, f)
+        wq = _weight_cands(p.weight, qp)                                 # [n, C, Kg]
+        stats["evals"] = stats.get("evals", 0) + len(f)
+        if gram is not None:
+            e = gram.errors(wq - p.weight)                               # exact, all rows
+            choice, err = _pick_weight(qp, e, spec, per_channel_decomp=True)
+        else:
+            rows = _rows(p.rows, opts.coarse_rows, opts)
+            e = _w_err_direct(p, xq, wq, rows, opts)
+            if rows < p.rows:                                            # re-score the top-k on every row
+                if decomposable and spec.per_channel:
+                    k = min(opts.topk, len(f))
+                    top = torch.topk(e, k, dim=0, largest=False).indices          # [k, C]
+                    c = torch.arange(wq.shape[1])
+                    mixed = wq[top, c]                                            # [k, C, Kg]
+                    ef = _w_err_direct(p, xq, mixed, p.rows, opts)                # [k, C]
+                    j = ef.argmin(0)
+                    idx = top[j, c]
+                    choice = Choice(_take(qp, idx), (spec.per_channel, spec.symmetric, tuple(idx.tolist())))
+                    err = float(ef[j, c].sum())
+                else:
+                    def err_of(idx, r, wq=wq):
+                        ev = _w_err_direct(p, xq, wq[idx], r, opts)
+                        return ev.sum(-1) if ev.dim() == 2 else ev
+                    j, err = _halving(err_of, len(f), p.rows, opts)
+                    choice = Choice(_take(qp, j), (spec.per_channel, spec.symmetric, j), float(f[j]))
+            else:
+                choice, err = _pick_weight(qp, e, spec, per_channel_decomp=decomposable)
+        if best is None or err < best[0]:
+            best = (err, choice)
+    return _keep_better(best, cur, lambda ch: _weight_error(p, xq, ch, gram, opts))
+
+
+def _pick_weight(qp: QParams, e: torch.Tensor, spec: QSpec, per_channel_decomp: bool) -> Tuple[Choice, float]:
+    if e.dim() == 2 and spec.per_channel and per_channel_decomp:
+        idx = e.argmin(0)
+        err = float(e.gather(0, idx[None]).sum())
+        return Choice(_take(qp, idx), (spec.per_channel, spec.symmetric, tuple(idx.tolist()))), err
+    tot = e.sum(-1) if e.dim() == 2 else e
+    j = int(tot.argmin())
+    return Choice(_take(qp, j), (spec.per_channel, spec.symmetric, j)), float(tot[j])
+
+
+def _weight_error(p: WeightedLayerProblem, xq: torch.Tensor, ch: Choice, gram, opts) -> float:
+    wq = _weight_cands(p.weight, _one(ch.qp))
+    if gram is not None:
+        return float(gram.errors(wq - p.weight).sum())
+    e = _w_err_direct(p, xq, wq, p.rows, opts)
+    return float(e.sum())
+
+
+def _keep_better(best, cur: Optional[Choice], err_of) -> Choice:
+    """Keep the current choice unless the new one is strictly better on all rows."""
+    if cur is None or best is None:
+        return best[1] if best else cur
+    if best[1].key == cur.key:
+        return best[1]
+    cur_err = err_of(cur)
+    return best[1] if best[0] < cur_err else cur
+
+
+# ---- activation search of weighted layers --------------------------------------------------
+
+def _fold_parts(p: WeightedLayerProblem, rows: int, opts: SearchOptions):
+    """[(stats used to quantize, row indices)] covering the first ``rows`` rows.
+    With K-fold validation, the rows of each fold are quantized with the ranges
+    of the other folds' images, so a candidate is scored by how well its ranges
+    generalise to unseen images (challenge C1: per-channel ranges from few
+    images clip values that new images produce)."""
+    if opts.act_cv and p.act_stats.folds is not None and p.row_fold is not None:
+        fold = p.row_fold[:rows]
+        return [(st, (fold == k).nonzero().squeeze(1)) for k, st in enumerate(p.act_stats.folds)]
+    return [(p.act_stats, None)]
+
+
+def _act_errors(p: WeightedLayerProblem, spec: QSpec, f: torch.Tensor, wq: torch.Tensor, rows: int,
+                opts: SearchOptions) -> torch.Tensor:
+    """Errors [n] of input quantizers (``spec``, fractions ``f``) on the first ``rows`` rows."""
+    total = torch.zeros(len(f))
+    for st, idx in _fold_parts(p, rows, opts):
+        if idx is None:
+            x, out, g2 = p.patches[:rows], p.out_fp[:rows], p.grad2[:rows]
+        elif idx.numel() == 0:
+            continue
+        else:
+            x, out, g2 = p.patches[idx], p.out_fp[idx], p.grad2[idx]
+        qp = _candidate_params(*st.range(spec.per_channel), spec, f)
+        r = x.shape[0]
+        for a, b in _chunks(len(f), r * max(x.shape[1], out.shape[1]), opts):
+            o = p.layer_forward(_quant_patches(p, x, _slice(qp, a, b)), wq)
+            if p.tail is not None:
+                o = p.tail(o.reshape((b - a) * r, -1)).reshape(b - a, r, -1)
+            d = o.sub_(out)
+            total[a:b] += (d.mul_(d).mul_(g2)).sum((-1, -2))
+    return total
+
+
+def _search_act(p: WeightedLayerProblem, wq: torch.Tensor, cur: Optional[Choice], opts: SearchOptions,
+                stats: dict) -> Choice:
+    f = _fractions(opts)
+    combos = _combos(p.a_spec, opts, per_channel_ok=p.act_per_channel_ok and p.act_stats.ch_lo is not None,
+                     asym_ok=True, asym_signed=False)
+    best = None
+    for spec in combos:
+        stats["evals"] = stats.get("evals", 0) + len(f)
+        j, err = _halving(lambda idx, r: _act_errors(p, spec, f[idx], wq, r, opts), len(f), p.rows, opts)
+        qp = _candidate_params(*p.act_stats.range(spec.per_channel), spec, f[j:j + 1])
+        best = best if best is not None and best[0] <= err else (err, Choice(_take(qp, 0), (
+            spec.per_channel, spec.symmetric, j), float(f[j])))
+
+    def err_of(ch: Choice) -> float:
+        return float(_act_errors(p, ch.spec, torch.tensor([ch.frac]), wq, p.rows, opts)[0])
+    return _keep_better(best, cur, err_of)
+
+
+def _slice(qp: QParams, a: int, b: int) -> QParams:
+    return QParams(qp.spec, qp.scale[a:b], qp.zero_point[a:b])
+
+
+# ---- matmul --------------------------------------------------------------------------------
+
+def _quant_operand(x: torch.Tensor, qp: QParams) -> torch.Tensor:
+    return fake_quant(x, qp.scale, qp.zero_point, qp.spec.qmin, qp.spec.qmax)
+
+
+def _mm_err(prob: MatmulProblem, which: int, qp: QParams, other_q: torch.Tensor, r: int, opts: SearchOptions
+            ) -> torch.Tensor:
+    """Errors [n] of candidates ``qp`` for operand ``which`` on ``r`` of its
+    rows (A) or columns (B), the same random subset in every matrix."""
+    g = torch.Generator().manual_seed(which)
+    if which == 0:
+        idx = torch.randperm(prob.a.shape[1], generator=g)[:r]
+        x, out, g2 = prob.a[:, idx], prob.out_fp[:, idx], prob.grad2[:, idx]
+    else:
+        idx = torch.randperm(prob.b.shape[2], generator=g)[:r]
+        x, out, g2 = prob.b[:, :, idx], prob.out_fp[:, :, idx], prob.grad2[:, :, idx]
+    res = []
+    for a, b in _chunks(qp.scale.shape[0], out.numel() + x.numel(), opts):
+        xq = _quant_operand(x, _slice(qp, a, b))
+        d = (xq @ other_q if which == 0 else other_q @ xq).sub_(out)
+        res.append(d.mul_(d).mul_(g2).sum((-1, -2, -3)))
+    return torch.cat(res)
+
+
+def _search_mm(prob: MatmulProblem, which: int, other_q: torch.Tensor, cur: Optional[Choice], opts: SearchOptions,
+               stats: dict) -> Choice:
+    f = _fractions(opts)
+    x = prob.a if which == 0 else prob.b
+    combos = _combos(prob.specs[which], opts, per_channel_ok=False, asym_ok=True, asym_signed=False)
+    lines = prob.a.shape[1] if which == 0 else prob.b.shape[2]          # rows of A / columns of B
+    per_line = prob.a.shape[0] * (prob.b.shape[2] if which == 0 else prob.a.shape[1])
+    line_opts = _mats_opts(opts, per_line)
+    best = None
+    for spec in combos:
+        lo, hi = prob.stats[which].range(False)
+        qp = _candidate_params(lo, hi, spec, f)
+        stats["evals"] = stats.get("evals", 0) + len(f)
+
+        def err_of(idx, r, qp=qp):
+            return _mm_err(prob, which, QParams(qp.spec, qp.scale[idx], qp.zero_point[idx]), other_q, r, opts)
+        j, err = _halving(err_of, len(f), lines, line_opts)
+        ch = Choice(_take(qp, j), (False, spec.symmetric, j), float(f[j]))
+        if best is None or err < best[0]:
+            best = (err, ch)
+
+    def err_of_choice(ch: Choice) -> float:
+        return float(_mm_err(prob, which, _one(ch.qp), other_q, lines, opts)[0])
+    return _keep_better(best, cur, err_of_choice)
+
+
+def _mats_opts(opts: SearchOptions, outputs_per_line: int) -> SearchOptions:
+    """Successive halving over rows of A / columns of B: the coarse budget
+    (in output rows of ~a layer's width) converted to lines of the operand."""
+    from dataclasses import replace
+    return replace(opts, coarse_rows=max(1, opts.coarse_rows * 64 // max(1, outputs_per_line)))
+
+
+# ---- drivers -------------------------------------------------------------------------------
+
+def _minmax_choice(lo, hi, spec: QSpec) -> Choice:
+    return Choice(params_from_range(lo, hi, spec), (spec.per_channel, spec.symmetric, "minmax"))
+
+
+def search_weighted(p: WeightedLayerProblem, opts: SearchOptions) -> LayerResult:
+    """Alternate weight / input search for a conv or linear layer."""
+    with torch.no_grad():
+        w_lo, w_hi = channel_minmax(p.weight, 0 if p.w_spec.per_channel else None)
+        wch = _minmax_choice(w_lo, w_hi, p.w_spec)
+        a_pc = p.a_spec.per_channel and p.act_per_channel_ok and p.act_stats.ch_lo is not None
+        a_spec = p.a_spec.with_(per_channel=a_pc)
+        ach = _minmax_choice(*p.act_stats.range(a_pc), a_spec)
+        before = _total_weighted(p, wch, ach, opts)
+        stats: dict = {}
+        rounds = 0
+        last = before
+        for r in range(opts.rounds):
+            rounds += 1
+            xq = _quant_patches(p, p.patches, ach.qp)
+            new_w = _search_weight(p, xq, wch, opts, stats)
+            wq = _weight_cands(p.weight, _one(new_w.qp))[0]
+            new_a = _search_act(p, wq, ach, opts, stats)
+            changed = new_w.key != wch.key or new_a.key != ach.key
+            wch, ach = new_w, new_a
+            if not changed:
+                break
+            now = _total_weighted(p, wch, ach, opts)
+            if last - now <= opts.round_tol * last:
+                break
+            last = now
+        after = _total_weighted(p, wch, ach, opts)
+    return LayerResult(p.name, wch.qp, [ach.qp], before, after, rounds, stats.get("evals", 0))
+
+
+def _total_weighted(p: WeightedLayerProblem, wch: Choice, ach: Choice, opts: SearchOptions) -> float:
+    xq = _quant_patches(p, p.patches, ach.qp)
+    wq = _weight_cands(p.weight, _one(wch.qp))
+    return float(_w_err_direct(p, xq, wq, p.rows, opts).sum())
+
+
+def search_matmul(prob: MatmulProblem, opts: SearchOptions) -> LayerResult:
+    """Alternate the two operands' quantizers of a matmul."""
+    with torch.no_grad():
+        chs = [_minmax_choice(*prob.stats[i].range(False), prob.specs[i].with_(per_channel=False)) for i in (0, 1)]
+        ops = [prob.a, prob.b]
+
+        def total(c):
+            qa, qb = _quant_operand(prob.a, c[0].qp), _quant_operand(prob.b, c[1].qp)
+            d = qa @ qb - prob.out_fp
+            return float((prob.grad2 * d * d).sum())
+        before = total(chs)
+        stats: dict = {}
+        rounds = 0
+        last = before
+        for r in range(opts.rounds):
+            rounds += 1
+            changed = False
+            for i in (0, 1):
+                other = _quant_operand(ops[1 - i], chs[1 - i].qp)
+                new = _search_mm(prob, i, other, chs[i], opts, stats)
+                changed |= new.key != chs[i].key
+                chs[i] = new
+            if not changed:
+                break
+            now = total(chs)
+            if last - now <= opts.round_tol * last:
+                break
+            last = now
+        after = total(chs)
+    return LayerResult(prob.name, None, [c.qp for c in chs], before, after, rounds, stats.get("evals", 0))
