@@ -129,7 +129,8 @@ def build_tail(gm: fx.GraphModule, layer: fx.Node, out: fx.Node, block_nodes: Li
     while stack:
         n = stack.pop()
         for u in n.users:
-            if u.name in members and u.name not in down:
+            # observers were inserted after the bridge was tagged: they belong to the block
+            if (u.name in members or _is_identity_node(gm, u)) and u.name not in down:
                 down.add(u.name)
                 if u is not out:
                     stack.append(u)

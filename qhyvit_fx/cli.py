@@ -156,10 +156,12 @@ def _eval_models(models, folder, pre, classes, limit, seed, skip_bad, progress=T
     return compare(models, loader(ds, 100), "float", progress=progress, total=(len(ds) + 99) // 100), len(ds)
 
 
-def _print_metrics(res, out=sys.stdout):
-    print(f"  {'model':<22} {'top-1':>7} {'agree':>7} {'KL':>9} {'SQNR dB':>8}", file=out)
+def _print_metrics(res, out=None):
+    out = out or sys.stdout
+    w = max(22, max(len(m.name) for m in res.values()))
+    print(f"  {'model':<{w}} {'top-1':>7} {'agree':>7} {'KL':>9} {'SQNR dB':>8}", file=out)
     for m in res.values():
-        print(f"  {m.name:<22} {m.top1:7.2f} {m.agreement:7.2f} {m.kl:9.5f} {m.sqnr_db:8.2f}", file=out)
+        print(f"  {m.name:<{w}} {m.top1:7.2f} {m.agreement:7.2f} {m.kl:9.5f} {m.sqnr_db:8.2f}", file=out)
 
 
 # ---- commands ------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ class QConfig:
     seed: int = 0
     # Q-HyViT search
     rounds: int = 3
-    round_tol: float = 1e-3            # a round improving the objective less than this ends the search
+    round_tol: float = 1e-2            # a round improving the objective less than this ends the search
     n_candidates: int = 100
     alpha: float = 0.01
     beta: float = 1.2
@@ -74,8 +74,10 @@ class QConfig:
     fisher_classes: int = 10           # most likely classes summed for the Fisher
     act_cv: bool = True                # score activation candidates by K-fold validation over images
     cv_folds: int = 4
+    bias_correction: bool = False      # remove each conv/linear's mean quantization shift (decisions: bias_delta)
     max_positions: int = 4096          # sampled output positions per layer for the fast search
-    topk_verify: int = 4               # candidates re-checked on all positions
+    topk_verify: int = 4               # candidates scored on all sampled positions (successive halving)
+    coarse_rows: int = 256             # positions the first halving stage scores every candidate on
     exhaustive: bool = False           # reference search: every candidate on every position
     device: str = "cpu"
     progress: bool = False             # tqdm bars during calibration / search

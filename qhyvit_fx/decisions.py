@@ -31,12 +31,15 @@ class LayerDecision:
     bridge: Optional[int] = None
     error: Dict[str, float] = field(default_factory=dict)     # search objective before / after
     info: Dict[str, Any] = field(default_factory=dict)
+    bias_delta: Optional[Any] = None                          # tensor [C] added to the layer's bias
 
     def to_dict(self) -> dict:
         d = {"layer": self.layer, "kind": self.kind, "bridge": self.bridge,
              "weight": self.weight.to_dict() if self.weight is not None else None,
              "inputs": {str(i): (q.to_dict() if q is not None else None) for i, q in sorted(self.inputs.items())},
              "output": self.output.to_dict() if self.output is not None else None}
+        if self.bias_delta is not None:
+            d["bias_delta"] = [float(v) for v in self.bias_delta.reshape(-1)]
         if self.error:
             d["error"] = {k: float(v) for k, v in self.error.items()}
         if self.info:
@@ -59,9 +62,20 @@ class LayerDecision:
                 weight=qp(d.get("weight"), "weight"),
                 inputs={int(k): qp(v, f"input {k}") for k, v in (d.get("inputs") or {}).items()},
                 output=qp(d.get("output"), "output"),
-                error=dict(d.get("error") or {}), info=dict(d.get("info") or {}))
+                error=dict(d.get("error") or {}), info=dict(d.get("info") or {}),
+                bias_delta=_bias(d.get("bias_delta"), name))
         except KeyError as e:
             raise DecisionsError(f"a layer entry lacks the key {e}") from e
+
+
+def _bias(v, name):
+    if v is None:
+        return None
+    import torch
+    t = torch.tensor(v, dtype=torch.float32)
+    if t.dim() != 1 or not torch.isfinite(t).all():
+        raise DecisionsError(f"layer '{name}': bias_delta must be a finite list of numbers")
+    return t
 
 
 @dataclass

@@ -141,8 +141,16 @@ def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, q
         shape[ax] = s.shape[-1]
         s_b = s.reshape(tuple(s.shape[:-1]) + tuple(shape))
         z_b = z.reshape(tuple(z.shape[:-1]) + tuple(shape))
-    q = x * (1.0 / s_b)                  # one allocation, then in place
-    q.round_().add_(z_b).clamp_(qmin, qmax).sub_(z_b)
+    # clamp(round(x/s) + z, qmin, qmax) - z == clamp(round(x/s), qmin - z, qmax - z) for integer z,
+    # exactly in float32 (small integers): 4 passes, one allocation
+    q = x * (1.0 / s_b)
+    q.round_()
+    if z_b.dim() == 0 or z_b.numel() == 1:
+        zi = float(z_b.reshape(-1)[0]) if z_b.numel() else 0.0
+        q.clamp_(qmin - zi, qmax - zi)
+    else:
+        q = torch.clamp(q, qmin - z_b, qmax - z_b) if q.shape != torch.broadcast_shapes(q.shape, z_b.shape) \
+            else q.clamp_(qmin - z_b, qmax - z_b)
     return q.mul_(s_b)
 
 

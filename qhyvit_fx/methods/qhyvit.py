@@ -23,7 +23,7 @@ def search_options(cfg) -> SearchOptions:
         rounds=cfg.rounds, round_tol=cfg.round_tol, fractions=candidate_fractions(cfg.n_candidates, cfg.alpha, cfg.beta),
         search_scale=cfg.search_scale, search_granularity=cfg.search_granularity, search_scheme=cfg.search_scheme,
         weight_asym_ok=cfg.target != "ort", topk=cfg.topk_verify, exhaustive=cfg.exhaustive,
-        act_cv=cfg.act_cv)
+        act_cv=cfg.act_cv, coarse_rows=cfg.coarse_rows, bias_correction=cfg.bias_correction)
 
 
 @register_method
@@ -62,7 +62,8 @@ class QHyViT(Method):
                               weight=res.weight if ann.weight is not None else None,
                               inputs={i: q for i, q in zip(sorted(ann.inputs), res.inputs)},
                               error={"before": res.error_before, "after": res.error_after},
-                              info=dict(info.get(ann.layer, {}), rounds=res.rounds, rows=p.rows))
+                              info=dict(info.get(ann.layer, {}), rounds=res.rounds, rows=p.rows),
+                              bias_delta=res.bias_delta)
             if ann.output is not None:
                 d.output = init.layers[ann.layer].output
             layers[ann.layer] = d

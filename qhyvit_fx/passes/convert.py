@@ -50,6 +50,11 @@ def convert_graph(prepared: fx.GraphModule, decisions: Decisions) -> fx.GraphMod
             if d.weight.spec.per_channel and d.weight.spec.axis != 0:
                 raise DecisionsError(f"layer '{ann.layer}': weight channels are on axis 0")
             q = QuantConv2d(mod, d.weight) if isinstance(mod, nn.Conv2d) else QuantLinear(mod, d.weight)
+            if d.bias_delta is not None:
+                _check_channels(ann.layer, "bias_delta", QParams(d.weight.spec.with_(per_channel=True),
+                                                                d.bias_delta, d.bias_delta.int()), mod.weight.shape[0])
+                base = q.bias.detach() if q.bias is not None else torch.zeros(mod.weight.shape[0])
+                q.bias = nn.Parameter(base + d.bias_delta, requires_grad=False)
             gm.add_submodule(node.target, q)
         for slot, obs_name in ann.observers.items():
             obs_node = next(n for n in g.nodes if n.op == "call_module" and n.target == obs_name)

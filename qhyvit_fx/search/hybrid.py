@@ -53,6 +53,7 @@ class LayerResult:
     rounds: int
     evaluations: int = 0
     info: dict = field(default_factory=dict)
+    bias_delta: Optional[torch.Tensor] = None     # added to the layer bias (bias correction)
 
 
 # ---- candidates ----------------------------------------------------------------------------
@@ -419,7 +420,13 @@ def search_weighted(p: WeightedLayerProblem, opts: SearchOptions) -> LayerResult
                 break
             last = now
         after = _total_weighted(p, wch, ach, opts)
-    return LayerResult(p.name, wch.qp, [ach.qp], before, after, rounds, stats.get("evals", 0))
+        delta = None
+        if opts.bias_correction and p.tail is None:
+            # empirical bias correction: remove the mean output shift the quantizers cause
+            xq = _quant_patches(p, p.patches, ach.qp)
+            wq = _weight_cands(p.weight, _one(wch.qp))[0]
+            delta = -(p.layer_forward(xq, wq) - p.out_fp).mean(0)
+    return LayerResult(p.name, wch.qp, [ach.qp], before, after, rounds, stats.get("evals", 0), bias_delta=delta)
 
 
 def _total_weighted(p: WeightedLayerProblem, wch: Choice, ach: Choice, opts: SearchOptions) -> float:

@@ -116,15 +116,16 @@ class MatmulProblem:
 @dataclass
 class SearchOptions:
     rounds: int = 3
-    round_tol: float = 1e-3                          # stop when a round improves the objective less than this
+    round_tol: float = 1e-2                          # stop when a round improves the objective less than this
     fractions: Optional[torch.Tensor] = None        # candidate fractions of the MinMax scale
     search_scale: bool = True
     search_granularity: bool = True
     search_scheme: bool = True
     weight_asym_ok: bool = True
-    coarse_rows: int = 512                           # rows for ranking all candidates
+    coarse_rows: int = 256                           # rows for ranking all candidates
     topk: int = 4                                    # candidates re-scored on every row
     exhaustive: bool = False                         # every candidate on every row (reference)
     act_cv: bool = True                              # activation candidates scored by K-fold validation
+    bias_correction: bool = False                    # correct the mean output shift of every conv/linear
     chunk_elems: int = 1 << 22                       # bound on [candidates x rows x channels] per step
     quadratic_max_elems: int = 1 << 26               # bound on the per-channel Gram matrices C*Kg*Kg

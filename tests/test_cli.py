@@ -1,0 +1,102 @@
+import json
+import os
+import subprocess
+import sys
+
+import onnx
+import pytest
+from PIL import Image
+
+from qhyvit_fx import cli
+
+
+def run(args, capsys):
+    code = cli.main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_inspect_mobilevit_xxs(tmp_path, capsys):
+    j, png = str(tmp_path / "s.json"), str(tmp_path / "b.png")
+    code, out, err = run(["inspect", "mobilevit_xxs", "--json", j, "--draw", png], capsys)
+    assert code == 0, err
+    s = json.load(open(j))
+    assert s["quantizable"] == {"conv": 35, "linear": 37, "matmul": 18}
+    assert s["ops"]["softmax"] == 9 and s["norm_types"] == {"LayerNorm": 21}
+    assert s["quantized_tensors"] == {"weights": 72, "activations": 108}
+    assert [b["modules"] for b in s["bridges"]] == [[f"stages.{i}.1.conv_kxk.conv", f"stages.{i}.1.conv_1x1"]
+                                                    for i in (2, 3, 4)]
+    assert [b["output_module"] for b in s["bridges"]] == [f"stages.{i}.1.conv_1x1" for i in (2, 3, 4)]
+    assert sum(1 for l in s["layers"] if l["bridge"] is not None) == 6
+    with Image.open(png) as im:
+        assert im.size[0] > 1000 and im.size[1] > 800
+    assert "bridge blocks: 3" in out and "stages.3.1.conv_kxk.conv -> stages.3.1.conv_1x1" in out
+
+
+def test_inspect_unknown_model_suggests(capsys):
+    code, out, err = run(["inspect", "mobilevit_xss"], capsys)
+    assert code == 2 and "unknown model 'mobilevit_xss'" in err and "mobilevit_xs" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_quantize_default_end_to_end(tmp_path, capsys):
+    out = str(tmp_path / "out")
+    code, o, err = run(["quantize", "--out", out, "--eval-images", "100"], capsys)
+    assert code == 0, err
+    assert sorted(os.listdir(out)) == ["bridges.png", "decisions.json", "model.onnx", "report.md"]
+    dec = json.load(open(os.path.join(out, "decisions.json")))
+    assert dec["format"] == "qhyvit-decisions/1" and len(dec["layers"]) == 90
+    onnx.checker.check_model(onnx.load(os.path.join(out, "model.onnx")))
+    rep = open(os.path.join(out, "report.md")).read()
+    assert "## Accuracy" in rep and "minmax w8a8 (onnxruntime)" in rep
+    # the accuracy table: float, torch fake-quant and onnxruntime lines
+    assert o.count("w8a8 (") == 2 and "float" in o
+    # an existing output needs --force; nothing is touched without it
+    before = os.path.getmtime(os.path.join(out, "model.onnx"))
+    code, _, err = run(["quantize", "--out", out], capsys)
+    assert code == 2 and "--force" in err
+    assert os.path.getmtime(os.path.join(out, "model.onnx")) == before
+    # and export re-applies the decisions exactly
+    code, _, err = run(["export", "--decisions", os.path.join(out, "decisions.json"), "--out",
+                        str(tmp_path / "re.onnx")], capsys)
+    assert code == 0, err
+    a = onnx.load(os.path.join(out, "model.onnx"))
+    b = onnx.load(str(tmp_path / "re.onnx"))
+    assert [i.raw_data for i in a.graph.initializer] == [i.raw_data for i in b.graph.initializer]
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["quantize", "--bits", "w9a8"], "outside 2-8"),
+    (["quantize", "--bits", "8bit"], "not of the form wNaM"),
+    (["quantize", "--method", "minmaxx"], "unknown method 'minmaxx'"),
+    (["quantize", "mobilevit_xs"], "no weights for 'mobilevit_xs'"),
+    (["quantize", "--weights", "/nonexistent.pth", "--calib", cli.DEFAULT_CALIB, "mobilevit_xxs"], "does not exist"),
+    (["quantize", "--calib", "/nonexistent"], "does not exist"),
+    (["quantize", "--calib-images", "1000"], "holds only 80"),
+    (["quantize", "--out", "/dev/null/x"], "does not exist"),
+])
+def test_bad_input_gives_one_line(tmp_path, capsys, args, msg):
+    if "--out" not in args:
+        args = args + ["--out", str(tmp_path / "o")]
+    code, out, err = run(args, capsys)
+    assert code == 2
+    assert msg in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not os.path.exists(tmp_path / "o")
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".qhyvit")]
+
+
+def test_interrupt_leaves_no_output(tmp_path, capsys, monkeypatch):
+    from qhyvit_fx import api
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(api, "calibrate", boom)
+    code, out, err = run(["quantize", "--out", str(tmp_path / "o")], capsys)
+    assert code == 130 and "no output was written" in err
+    assert os.listdir(tmp_path) == []
+
+
+def test_console_script_installed():
+    r = subprocess.run([os.path.join(os.path.dirname(sys.executable), "qhyvit"), "--help"], capture_output=True,
+                       text=True)
+    assert r.returncode == 0 and "inspect" in r.stdout and "quantize" in r.stdout

@@ -1,0 +1,99 @@
+import copy
+
+import torch
+import torch.nn as nn
+
+import qhyvit_fx as q
+from qhyvit_fx import capture
+from qhyvit_fx.modules import ActObserver, FakeQuantize, QuantConv2d, QuantLinear
+from qhyvit_fx.passes.annotate import ANNOTATION
+from qhyvit_fx.passes.cleanup import remove_noops
+from qhyvit_fx.passes.fold_bn import fold_batchnorm
+
+
+def test_bn_folding_is_exact_and_removes_every_bn(tiny):
+    x = torch.randn(4, 3, 32, 32)
+    gm = fold_batchnorm(remove_noops(capture(copy.deepcopy(tiny), x[:1])))   # passes edit modules in place
+    assert gm.meta["qhyvit_bn_folded"] == 6       # stem, dw (2), vit conv_kxk, conv_proj, conv_fusion
+    kinds = {type(gm.get_submodule(n.target)) for n in gm.graph.nodes if n.op == "call_module"}
+    assert nn.BatchNorm2d not in kinds
+    assert not any(n.op == "call_function" and n.target is torch.nn.functional.batch_norm for n in gm.graph.nodes)
+    with torch.no_grad():
+        assert (gm(x) - tiny(x)).abs().max().item() <= 1e-5
+
+
+def test_bn_folding_mobilevit_xxs(xxs):
+    x = torch.randn(2, 3, 256, 256)
+    gm = fold_batchnorm(remove_noops(capture(copy.deepcopy(xxs), x[:1])))
+    assert gm.meta["qhyvit_bn_folded"] == 32
+    with torch.no_grad():
+        assert (gm(x) - xxs(x)).abs().max().item() <= 1e-4
+
+
+def test_cleanup_removes_noops_only(xxs):
+    x = torch.randn(1, 3, 256, 256)
+    gm = capture(copy.deepcopy(xxs), x)
+    before = len(gm.graph.nodes)
+    gm = remove_noops(gm)
+    mods = [type(gm.get_submodule(n.target)) for n in gm.graph.nodes if n.op == "call_module"]
+    assert nn.Identity not in mods and nn.Dropout not in mods
+    assert not any(n.target is torch._assert for n in gm.graph.nodes)
+    assert len(gm.graph.nodes) < before
+    with torch.no_grad():
+        assert torch.equal(gm(x), xxs(x))
+
+
+def test_prepare_annotates_and_observes_every_quantizable_input(xxs):
+    pm = q.prepare(xxs, torch.zeros(1, 3, 256, 256))
+    anns = [n.meta[ANNOTATION] for n in pm.graph.nodes if ANNOTATION in n.meta]
+    assert len(anns) == 90
+    assert sum(a.weight is not None for a in anns) == 72
+    obs = [n for n in pm.graph.nodes if n.op == "call_module" and isinstance(pm.get_submodule(n.target), ActObserver)]
+    assert len(obs) == 108                         # 72 conv/linear inputs + 2 x 18 matmul operands
+    # the user's model is untouched (prepare deep-copies before folding BN)
+    assert any(isinstance(m, nn.BatchNorm2d) or "BatchNorm" in type(m).__name__ for m in xxs.modules())
+
+
+def test_first_and_last_layer_policy(tiny, tiny_images):
+    pm = q.prepare(tiny, tiny_images[:1], q.QConfig(first_layer="float", last_layer="8bit", w_bits=4, a_bits=4))
+    anns = {n.meta[ANNOTATION].layer: n.meta[ANNOTATION] for n in pm.graph.nodes if ANNOTATION in n.meta}
+    assert "stem.0" not in anns
+    assert anns["head"].weight.bits == 8 and anns["head"].inputs[0].bits == 8
+    assert anns["dw.0"].weight.bits == 4
+
+
+def test_converted_graph_structure(xxs):
+    x = torch.randn(2, 3, 256, 256)
+    pm = q.prepare(xxs, x[:1])
+    q.calibrate(pm, x)
+    qm = q.convert(pm)
+    mods = [type(m) for m in qm.modules()]
+    assert mods.count(QuantConv2d) == 35 and mods.count(QuantLinear) == 37
+    fq = [n for n in qm.graph.nodes if n.op == "call_module" and isinstance(qm.get_submodule(n.target), FakeQuantize)]
+    assert len(fq) == 108
+    assert not any(isinstance(m, ActObserver) for m in qm.modules())
+    # every conv/linear input and both operands of every matmul come out of a fake-quantizer
+    for n in qm.graph.nodes:
+        ann = n.meta.get(ANNOTATION)
+        if ann is None:
+            continue
+        for i in ann.inputs:
+            src = n.args[i]
+            assert src.op == "call_module" and isinstance(qm.get_submodule(src.target), FakeQuantize)
+    # weights are stored as int8 codes inside their range
+    for m in qm.modules():
+        if isinstance(m, (QuantConv2d, QuantLinear)):
+            assert m.weight_int.dtype == torch.int8
+            assert int(m.weight_int.min()) >= m.w_spec.qmin and int(m.weight_int.max()) <= m.w_spec.qmax
+    with torch.no_grad():
+        d = (qm(x) - xxs(x)).abs().max().item()
+    assert 0 < d < 5
+
+
+def test_weight_range_bits_limits_codes(tiny, tiny_images):
+    pm = q.prepare(tiny, tiny_images[:1], q.QConfig(weight_range_bits=7))
+    q.calibrate(pm, tiny_images)
+    qm = q.convert(pm)
+    for m in qm.modules():
+        if isinstance(m, (QuantConv2d, QuantLinear)):
+            assert m.w_spec.bits == 7 and int(m.weight_int.abs().max()) <= 64

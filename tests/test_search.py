@@ -1,0 +1,137 @@
+import copy
+from dataclasses import replace
+
+import pytest
+import torch
+
+import qhyvit_fx as q
+from qhyvit_fx.calibration import build_problems, collect
+from qhyvit_fx.decisions import Decisions, DecisionsError
+from qhyvit_fx.methods.minmax import MinMax
+from qhyvit_fx.methods.qhyvit import search_options
+from qhyvit_fx.modules import FakeQuantize
+from qhyvit_fx.passes.convert import convert_graph
+from qhyvit_fx.search import hybrid as H
+from qhyvit_fx.search.problem import MatmulProblem
+
+# Tie tolerance for "fast == exhaustive".  The fast search ranks candidates by successive halving on
+# row subsets; when two candidates' objectives differ by less than the sampling noise of the subset
+# they can swap.  Such swaps are harmless only if the excess objective is small: we allow at most 2 %
+# (the objective's own spread between two calibration draws of the same size is larger than that), and
+# require most steps to pick exactly the same quantizer.
+TIE_TOL = 0.02
+
+
+@pytest.fixture(scope="module")
+def problems(tiny, tiny_images):
+    cfg = q.QConfig(w_bits=6, a_bits=6, method="qhyvit", max_positions=100000)
+    pm = q.prepare(tiny, tiny_images[:1], cfg)
+    pm(tiny_images)
+    init = MinMax(cfg).decide(pm, None)
+    recs, tails, side = collect(pm, convert_graph(pm, init), tiny_images, cfg)
+    probs, _ = build_problems(pm, recs, tails, side, cfg)
+    return cfg, probs
+
+
+def test_fast_steps_match_exhaustive(problems):
+    cfg, probs = problems
+    fast = search_options(cfg)
+    ex = replace(fast, exhaustive=True)
+    same = total = 0
+    for p in probs.values():
+        if isinstance(p, MatmulProblem):
+            chs = [H._minmax_choice(*p.stats[i].range(False), p.specs[i].with_(per_channel=False)) for i in (0, 1)]
+            other = H._quant_operand(p.b, chs[1].qp)
+            a, b = H._search_mm(p, 0, other, chs[0], fast, {}), H._search_mm(p, 0, other, chs[0], ex, {})
+            ea = float(H._mm_err(p, 0, H._one(a.qp), other, p.a.shape[1], ex)[0])
+            eb = float(H._mm_err(p, 0, H._one(b.qp), other, p.a.shape[1], ex)[0])
+            pairs = [(a.key == b.key, ea, eb)]
+        else:
+            wch = H._minmax_choice(*H.channel_minmax(p.weight, 0), p.w_spec)
+            ach = H._minmax_choice(*p.act_stats.range(False), p.a_spec.with_(per_channel=False))
+            xq = H._quant_patches(p, p.patches, ach.qp)
+            a, b = H._search_weight(p, xq, wch, fast, {}), H._search_weight(p, xq, wch, ex, {})
+            pairs = [(a.key == b.key, H._weight_error(p, xq, a, None, ex), H._weight_error(p, xq, b, None, ex))]
+            wq = H._weight_cands(p.weight, H._one(wch.qp))[0]
+            c, d = H._search_act(p, wq, ach, fast, {}), H._search_act(p, wq, ach, ex, {})
+            fc = float(H._act_errors(p, c.spec, torch.tensor([c.frac]), wq, p.rows, ex)[0])
+            fd = float(H._act_errors(p, d.spec, torch.tensor([d.frac]), wq, p.rows, ex)[0])
+            pairs.append((c.key == d.key, fc, fd))
+        for eq, ef, ee in pairs:
+            total += 1
+            same += eq
+            # the exhaustive choice is optimal: the fast one is never better, and at most TIE_TOL worse
+            assert ef >= ee * (1 - 1e-5)
+            assert eq or ef <= ee * (1 + TIE_TOL), (p.name, ef / ee - 1)
+    assert same >= 0.8 * total
+
+
+def test_search_never_increases_the_objective(tiny, tiny_images):
+    pm = q.prepare(tiny, tiny_images[:1], q.QConfig(w_bits=4, a_bits=4, method="qhyvit"))
+    q.calibrate(pm, tiny_images)
+    dec = pm.meta["qhyvit_decisions"]
+    assert len(dec.layers) == 14
+    for d in dec.layers.values():
+        assert d.error["after"] <= d.error["before"] * (1 + 1e-6), d.layer
+    assert sum(d.error["after"] for d in dec.layers.values()) < 0.7 * sum(d.error["before"] for d in dec.layers.values())
+
+
+def test_bridge_layers_use_the_bridge_objective(tiny, tiny_images):
+    pm = q.prepare(tiny, tiny_images[:1], q.QConfig(method="qhyvit"))
+    q.calibrate(pm, tiny_images)
+    dec = pm.meta["qhyvit_decisions"]
+    assert dec.layers["vit.conv_kxk.conv"].bridge == 0
+    assert dec.layers["vit.conv_kxk.conv"].info["bridge_objective"] == "output of vit.conv_1x1"
+    assert "bridge_objective" not in dec.layers["vit.conv_1x1"].info
+
+
+def test_decisions_are_deterministic(tiny, tiny_images):
+    out = []
+    for _ in range(2):
+        pm = q.prepare(tiny, tiny_images[:1], q.QConfig(w_bits=6, a_bits=6, method="qhyvit"))
+        q.calibrate(pm, tiny_images)
+        d = pm.meta["qhyvit_decisions"]
+        d.meta.pop("seconds_collect", None), d.meta.pop("seconds_total", None)
+        out.append(d.to_json())
+    assert out[0] == out[1]
+
+
+def test_ablation_switches_restrict_the_choices(tiny, tiny_images):
+    cfg = q.QConfig(w_bits=6, a_bits=6, method="qhyvit", search_granularity=False, search_scheme=False)
+    pm = q.prepare(tiny, tiny_images[:1], cfg)
+    q.calibrate(pm, tiny_images)
+    for d in pm.meta["qhyvit_decisions"].layers.values():
+        if d.weight is not None:
+            assert d.weight.spec.per_channel and d.weight.spec.symmetric
+        for qp in d.inputs.values():
+            assert not qp.spec.per_channel and not qp.spec.symmetric
+    cfg = replace(cfg, search_scale=False)
+    pm = q.prepare(tiny, tiny_images[:1], cfg)
+    q.calibrate(pm, tiny_images)
+    mm = MinMax(cfg).decide(pm, None)
+    for name, d in pm.meta["qhyvit_decisions"].layers.items():   # scale search off + defaults == MinMax
+        assert d.to_dict()["weight"] == mm.layers[name].to_dict()["weight"]
+        assert d.to_dict()["inputs"] == mm.layers[name].to_dict()["inputs"]
+
+
+def test_edited_decisions_are_applied_exactly(tmp_path, tiny, tiny_images):
+    pm = q.prepare(tiny, tiny_images[:1], q.QConfig(method="qhyvit"))
+    q.calibrate(pm, tiny_images)
+    d = pm.meta["qhyvit_decisions"].to_dict()
+    layer = next(l for l in d["layers"] if l["layer"] == "head")
+    layer["inputs"]["0"]["scale"] = [0.125]
+    layer["inputs"]["0"]["zero_point"] = [7]
+    layer["inputs"]["0"].update(granularity="tensor", scheme="asymmetric", axis=None, signed=False)
+    path = tmp_path / "edited.json"
+    Decisions.from_dict(d).save(str(path))
+    qm = q.convert(pm, str(path))
+    fq = next(m for n, m in qm.named_modules() if isinstance(m, FakeQuantize) and n.endswith("head__in0"))
+    assert float(fq.scale) == 0.125 and int(fq.zero_point) == 7 and fq.axis is None
+    bad = copy.deepcopy(d)
+    next(l for l in bad["layers"] if l["layer"] == "head")["weight"]["scale"] = [0.1, 0.2]
+    bad_layer = next(l for l in bad["layers"] if l["layer"] == "head")
+    bad_layer["weight"]["granularity"] = "channel"
+    bad_layer["weight"]["axis"] = 0
+    bad_layer["weight"]["zero_point"] = [0, 0]
+    with pytest.raises(DecisionsError, match="head.*2 scales.*10 channels"):
+        q.convert(pm, bad)
