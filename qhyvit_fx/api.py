@@ -117,6 +117,9 @@ def decide(qm: fx.GraphModule) -> Decisions:
     decisions = method.decide(qm, images)
     decisions.meta.setdefault("method", config.method)
     decisions.meta["w_bits"], decisions.meta["a_bits"] = config.w_bits, config.a_bits
+    decisions.meta["target"] = config.target
+    decisions.meta["quantize_outputs"] = config.quantize_outputs or config.target == "ort"
+    decisions.meta["weight_range_bits"] = config.weight_range_bits
     decisions.meta["calib_images"] = int(images.shape[0]) if images is not None else qm.meta.get("qhyvit_calib_count")
     return decisions
 

@@ -128,7 +128,8 @@ def _config(args, w_bits: int, a_bits: int):
     from .target import weight_range_bits
     wrb = weight_range_bits(args.kernel, w_bits) if getattr(args, "kernel", "none") else None
     return QConfig(w_bits=w_bits, a_bits=a_bits, method=args.method, calib_images=args.calib_images,
-                   seed=args.seed, weight_range_bits=wrb, device=getattr(args, "device", "cpu"), progress=True)
+                   seed=args.seed, weight_range_bits=wrb, device=getattr(args, "device", "cpu"), progress=True,
+                   target=args.target, a_scheme=args.act_scheme)
 
 
 def _calibrated(job: Job, args, lm, pre, w_bits, a_bits, log):
@@ -280,12 +281,32 @@ def cmd_export(args) -> int:
     lm, pre = _load(job, args.img or dec.meta.get("img_size"))
     from .config import QConfig
     w_bits, a_bits = int(dec.meta.get("w_bits", 8)), int(dec.meta.get("a_bits", 8))
-    cfg = QConfig(w_bits=w_bits, a_bits=a_bits)
+    cfg = QConfig(w_bits=w_bits, a_bits=a_bits, target=dec.meta.get("target", "fakequant"),
+                  quantize_outputs=bool(dec.meta.get("quantize_outputs", False)))
     x = torch.zeros(1, 3, pre.img_size, pre.img_size)
     pm = api.prepare(lm.model, x, cfg)
     qm = api.convert(pm, dec)
     export_onnx(qm, args.out)
     print(f"wrote {args.out} ({len(dec.layers)} layers from {args.decisions})")
+    return 0
+
+
+def cmd_check(args) -> int:
+    from .check import check_onnx, write_json
+    if not os.path.isfile(args.onnx):
+        raise UsageError(f"'{args.onnx}' does not exist; pass an ONNX file")
+    try:
+        rep = check_onnx(args.onnx, keep_optimized=args.save_optimized)
+    except Exception as e:  # onnx / onnxruntime load errors
+        raise UsageError(f"cannot load '{args.onnx}' in onnxruntime ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}); is it an ONNX model?") from e
+    print(rep.format())
+    if args.json:
+        write_json(rep, args.json)
+    if args.require_int8 and rep.integer_count < len(rep.ops):
+        print(f"qhyvit check: error: {len(rep.ops) - rep.integer_count} conv/gemm/matmul op(s) run in float; "
+              "quantize with --target ort", file=sys.stderr)
+        return 3
     return 0
 
 
@@ -308,6 +329,13 @@ def _add_quant(p):
     p.add_argument("--kernel", default="auto", choices=("auto", "avx2", "vnni", "arm", "none"),
                    help="integer kernels the ONNX will run on: avx2 limits 8-bit weights to 7-bit codes so "
                         "onnxruntime's u8s8 kernels cannot saturate (default: this CPU)")
+    p.add_argument("--target", default="ort", choices=("ort", "fakequant"),
+                   help="ort (default): only what onnxruntime runs in integer kernels (per-tensor activations, "
+                        "symmetric weights, Q/DQ on op outputs); fakequant: the paper's full search space "
+                        "(per-channel activations), for accuracy studies")
+    p.add_argument("--act-scheme", default="asymmetric", choices=("asymmetric", "symmetric"),
+                   help="activation scheme with --target ort: asymmetric uint8 (onnxruntime x86) or symmetric "
+                        "int8 with zero-point 0 (TensorRT style)")
     p.add_argument("--eval-images", type=int, default=None, help="evaluate on a seeded subset of this size")
     p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images (with a count)")
 
@@ -346,6 +374,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="ONNX file to write")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("check", help="which ops onnxruntime runs in integer kernels (and why not)")
+    p.add_argument("onnx", help="QDQ ONNX model")
+    p.add_argument("--require-int8", action="store_true", help="exit 3 if any conv/gemm/matmul stays float")
+    p.add_argument("--json", help="write the report as JSON")
+    p.add_argument("--save-optimized", help="also save onnxruntime's optimised graph here")
+    p.set_defaults(func=cmd_check)
     return ap
 
 
@@ -361,6 +396,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"qhyvit {args.cmd}: interrupted; no output was written", file=sys.stderr)
         return 130
+    except BrokenPipeError:          # output piped into `head` and closed
+        sys.stderr = open(os.devnull, "w")
+        return 0
     except MemoryError:
         print(f"qhyvit {args.cmd}: error: out of memory; use fewer --calib-images or a smaller --img",
               file=sys.stderr)

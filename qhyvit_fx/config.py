@@ -53,8 +53,9 @@ class QConfig:
     a_scheme: str = "asymmetric"
     first_layer: str = "quantize"
     last_layer: str = "quantize"
-    target: str = "fakequant"          # 'ort': constrain choices to what onnxruntime runs in integer kernels
-    quantize_outputs: bool = False     # Q/DQ also after each quantized op (integer kernels in ORT)
+    target: str = "fakequant"          # 'ort': what onnxruntime runs in integer kernels -- per-tensor activations
+                                       # (scheme a_scheme, not searched), symmetric weights, Q/DQ on op outputs
+    quantize_outputs: bool = False     # Q/DQ also after each quantized op (always on with target='ort')
     weight_range_bits: Optional[int] = None  # clamp weight codes to this many bits (7 for AVX2 u8s8 kernels)
     calib_images: int = 32
     calib_batch: int = 8

@@ -46,12 +46,36 @@ def export_onnx(qm: fx.GraphModule, path: str, example_input: Optional[torch.Ten
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None)
     model = onnx.load_from_string(buf.getvalue())
     model.producer_name = "qhyvit-fx"
+    _compact_tensor_names(model)
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as e:
         raise ExportError(f"exported ONNX failed onnx.checker: {e}") from e
     atomic_write_bytes(path, model.SerializeToString())
     return path
+
+
+def _compact_tensor_names(model) -> None:
+    """Rename intermediate tensors to short ids (the exporter's names repeat the module path at every
+    producer and consumer: about a quarter of a small model's file).  Graph inputs/outputs,
+    initializers (named after their layers) and node names are kept."""
+    g = model.graph
+    keep = {v.name for v in list(g.input) + list(g.output)} | {i.name for i in g.initializer} | {""}
+    new = {}
+    for node in g.node:
+        for i, o in enumerate(node.output):
+            if o not in keep:
+                new[o] = new.get(o) or f"t{len(new)}"
+                node.output[i] = new[o]
+    for node in g.node:
+        for i, x in enumerate(node.input):
+            if x in new:
+                node.input[i] = new[x]
+    vi = [v for v in g.value_info if v.name in new]
+    del g.value_info[:]
+    for v in vi:
+        v.name = new[v.name]
+        g.value_info.append(v)
 
 
 def ort_session(path: str, threads: int = 2, optimize: bool = True):

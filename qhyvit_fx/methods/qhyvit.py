@@ -22,7 +22,7 @@ def search_options(cfg) -> SearchOptions:
     return SearchOptions(
         rounds=cfg.rounds, round_tol=cfg.round_tol, fractions=candidate_fractions(cfg.n_candidates, cfg.alpha, cfg.beta),
         search_scale=cfg.search_scale, search_granularity=cfg.search_granularity, search_scheme=cfg.search_scheme,
-        weight_asym_ok=cfg.target != "ort", topk=cfg.topk_verify, exhaustive=cfg.exhaustive,
+        weight_asym_ok=cfg.target != "ort", act_scheme_search=cfg.target != "ort", topk=cfg.topk_verify, exhaustive=cfg.exhaustive,
         act_cv=cfg.act_cv, coarse_rows=cfg.coarse_rows, bias_correction=cfg.bias_correction)
 
 

@@ -92,7 +92,7 @@ def annotate(gm: fx.GraphModule, config: QConfig) -> fx.GraphModule:
                 spec = spec.with_(per_channel=False, axis=0)
             inputs[j] = spec
         out_spec, out_axis = None, None
-        if config.quantize_outputs:
+        if config.quantize_outputs or ort:   # integer kernels need Q/DQ on the op output too
             out_spec = config.act_spec(a_bits).with_(per_channel=False, axis=0)
         b = node.meta.get("qhyvit_bridge")
         node.meta[ANNOTATION] = QuantAnnotation(

@@ -23,7 +23,7 @@ Approximate speed-up (checked against the exhaustive search in the tests):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -310,8 +310,9 @@ def _act_errors(p: WeightedLayerProblem, spec: QSpec, f: torch.Tensor, wq: torch
 def _search_act(p: WeightedLayerProblem, wq: torch.Tensor, cur: Optional[Choice], opts: SearchOptions,
                 stats: dict) -> Choice:
     f = _fractions(opts)
-    combos = _combos(p.a_spec, opts, per_channel_ok=p.act_per_channel_ok and p.act_stats.ch_lo is not None,
-                     asym_ok=True, asym_signed=False)
+    combos = _combos(p.a_spec, opts if opts.act_scheme_search else replace(opts, search_scheme=False),
+                     per_channel_ok=p.act_per_channel_ok and p.act_stats.ch_lo is not None,
+                     asym_ok=not p.a_spec.symmetric or opts.act_scheme_search, asym_signed=False)
     best = None
     for spec in combos:
         stats["evals"] = stats.get("evals", 0) + len(f)
@@ -358,7 +359,9 @@ def _search_mm(prob: MatmulProblem, which: int, other_q: torch.Tensor, cur: Opti
                stats: dict) -> Choice:
     f = _fractions(opts)
     x = prob.a if which == 0 else prob.b
-    combos = _combos(prob.specs[which], opts, per_channel_ok=False, asym_ok=True, asym_signed=False)
+    combos = _combos(prob.specs[which], opts if opts.act_scheme_search else replace(opts, search_scheme=False),
+                     per_channel_ok=False, asym_ok=not prob.specs[which].symmetric or opts.act_scheme_search,
+                     asym_signed=False)
     lines = prob.a.shape[1] if which == 0 else prob.b.shape[2]          # rows of A / columns of B
     per_line = prob.a.shape[0] * (prob.b.shape[2] if which == 0 else prob.a.shape[1])
     line_opts = _mats_opts(opts, per_line)

@@ -122,6 +122,7 @@ class SearchOptions:
     search_granularity: bool = True
     search_scheme: bool = True
     weight_asym_ok: bool = True
+    act_scheme_search: bool = True                   # False: activations keep their annotated scheme
     coarse_rows: int = 256                           # rows for ranking all candidates
     topk: int = 4                                    # candidates re-scored on every row
     exhaustive: bool = False                         # every candidate on every row (reference)

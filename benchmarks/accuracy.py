@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""Accuracy of float vs quantized models: torch fake-quant and onnxruntime's real kernels.
+
+    python benchmarks/accuracy.py --models mobilevit_xxs mobilevitv2_050 efficientformerv2_s0 \\
+        --bits w8a8 w6a6 w4a8 w4a4 --variants minmax qhyvit qhyvit-paper
+
+Every (model, variant, bits) cell is cached under benchmarks/cache/accuracy/ (delete it to recompute),
+so an interrupted run resumes.  Prints Markdown tables and writes benchmarks/results/accuracy.json.
+Calibration: 32 training images (seed 0); evaluation: the CIFAR-10 test split (5000 images), or the
+468 ImageNet-sample images not used for calibration (tf_efficientnet_lite0).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import CIFAR_MODELS, RESULTS, cached, load, splits, store  # noqa: E402
+
+# named configurations (QConfig overrides); 'ort' variants target onnxruntime's integer kernels on
+# this CPU (per-tensor activations, 7-bit weight codes on AVX2) and are also run through onnxruntime
+VARIANTS = {
+    "minmax": dict(method="minmax"),
+    "qhyvit": dict(method="qhyvit"),
+    "qhyvit-paper": dict(method="qhyvit", act_cv=False),
+    "qhyvit-fisher": dict(method="qhyvit", grad_source="fisher"),
+    "qhyvit-bc": dict(method="qhyvit", bias_correction=True),
+    # Table 5 ablation: scale only, + granularity, + scheme, + bridge objective, + K-fold validation
+    "abl-scale": dict(method="qhyvit", search_granularity=False, search_scheme=False, bridge_objective=False,
+                      act_cv=False),
+    "abl-gran": dict(method="qhyvit", search_scheme=False, bridge_objective=False, act_cv=False),
+    "abl-scheme": dict(method="qhyvit", bridge_objective=False, act_cv=False),
+    "abl-bridge": dict(method="qhyvit", act_cv=False),
+    "abl-cv": dict(method="qhyvit"),
+    "minmax-ort": dict(method="minmax", target="ort", kernel="auto"),
+    "qhyvit-ort": dict(method="qhyvit", target="ort", kernel="auto"),
+}
+
+
+def metrics(logits: torch.Tensor, ref: torch.Tensor, labels: torch.Tensor) -> dict:
+    kl = F.kl_div(F.log_softmax(logits, 1), F.log_softmax(ref, 1), log_target=True, reduction="sum") / len(labels)
+    noise = ((logits - ref) ** 2).sum()
+    return {"top1": 100.0 * float((logits.argmax(1) == labels).float().mean()),
+            "agreement": 100.0 * float((logits.argmax(1) == ref.argmax(1)).float().mean()),
+            "kl": float(kl), "sqnr_db": float(10 * torch.log10((ref ** 2).sum() / noise)) if noise > 0 else None,
+            "max_abs_diff": float((logits - ref).abs().max()), "images": len(labels)}
+
+
+def run_model(fn, batches) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([fn(x).float() for x, _ in batches])
+
+
+def config_for(variant: str, bits: str):
+    import qhyvit_fx as q
+    from qhyvit_fx.config import parse_bits
+    from qhyvit_fx.target import weight_range_bits
+    w, a = parse_bits(bits)
+    kw = dict(VARIANTS[variant])
+    kernel = kw.pop("kernel", None)
+    if kernel:
+        kw["weight_range_bits"] = weight_range_bits(kernel, w)
+    return q.QConfig(w_bits=w, a_bits=a, **kw)
+
+
+def cell(name, variant, bits, lm, calib, batches, fp, labels, ort: bool):
+    key = {"model": name, "variant": variant, "bits": bits, "images": len(labels)}
+    hit = cached("accuracy", key)
+    if hit is not None:
+        return hit
+    import qhyvit_fx as q
+    from qhyvit_fx.export import export_onnx, ort_callable
+    cfg = config_for(variant, bits)
+    t0 = time.time()
+    pm = q.prepare(lm.model, calib[:1], cfg)
+    q.calibrate(pm, calib)
+    qm = q.convert(pm)
+    secs = time.time() - t0
+    res = {"key": key, "config": cfg.to_dict(), "calib_seconds": round(secs, 2),
+           "torch": metrics(run_model(qm, batches), fp, labels)}
+    dec = qm.meta["qhyvit_decisions"]
+    res["choices"] = _choices(dec)
+    if ort or variant.endswith("-ort"):
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "m.onnx")
+            export_onnx(qm, path)
+            qlogits = run_model(qm, batches)
+            ologits = run_model(ort_callable(path), batches)
+            res["ort"] = metrics(ologits, fp, labels)
+            res["ort_vs_torch"] = metrics(ologits, qlogits, labels)
+            res["onnx_bytes"] = os.path.getsize(path)
+    store("accuracy", key, res)
+    return res
+
+
+def _choices(dec) -> dict:
+    from qhyvit_fx.report import choice_counts
+    return choice_counts(dec)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=list(CIFAR_MODELS))
+    ap.add_argument("--bits", nargs="+", default=["w8a8", "w6a6", "w4a8", "w4a4"])
+    ap.add_argument("--variants", nargs="+", default=["minmax", "qhyvit"], choices=sorted(VARIANTS))
+    ap.add_argument("--ort", action="store_true", help="also run every cell through onnxruntime")
+    ap.add_argument("--eval-images", type=int, default=None, help="seeded subset of the evaluation split")
+    ap.add_argument("--json", default=os.path.join(RESULTS, "accuracy.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    out = {}
+    if os.path.exists(args.json):
+        with open(args.json) as f:
+            out = json.load(f)
+    for name in args.models:
+        lm, pre = load(name)
+        calib, batches = splits(name, pre, eval_limit=args.eval_images)
+        labels = torch.cat([y for _, y in batches])
+        fp = run_model(lm.model, batches)
+        out.setdefault(name, {})["float"] = metrics(fp, fp, labels)
+        print(f"{name}: float top-1 {out[name]['float']['top1']:.2f} on {len(labels)} images", flush=True)
+        for bits in args.bits:
+            for v in args.variants:
+                r = cell(name, v, bits, lm, calib, batches, fp, labels, args.ort)
+                out[name].setdefault(v, {})[bits] = r
+                t = r["torch"]
+                line = (f"  {v:14s} {bits}: top-1 {t['top1']:.2f} agree {t['agreement']:.2f} kl {t['kl']:.5f}"
+                        f"  ({r['calib_seconds']:.0f} s)")
+                if "ort" in r:
+                    line += (f" | ORT top-1 {r['ort']['top1']:.2f} agree {r['ort']['agreement']:.2f}"
+                             f" vs torch {r['ort_vs_torch']['agreement']:.2f} max|d| {r['ort_vs_torch']['max_abs_diff']:.4f}")
+                print(line, flush=True)
+        os.makedirs(os.path.dirname(args.json), exist_ok=True)
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(out, f, indent=1)
+        os.replace(tmp, args.json)
+
+
+if __name__ == "__main__":
+    main()

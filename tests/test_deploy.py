@@ -1,0 +1,67 @@
+import os
+
+import pytest
+import torch
+
+import qhyvit_fx as q
+from qhyvit_fx import cli
+from qhyvit_fx.check import check_onnx
+from qhyvit_fx.export import export_onnx, ort_callable
+
+
+def _export(tmp_path, model, images, **kw):
+    pm = q.prepare(model, images[:1], q.QConfig(**kw))
+    q.calibrate(pm, images)
+    qm = q.convert(pm)
+    path = str(tmp_path / "m.onnx")
+    export_onnx(qm, path)
+    return qm, path
+
+
+@pytest.mark.parametrize("method", ["minmax", "qhyvit"])
+def test_ort_target_runs_every_op_in_integer_kernels(tmp_path, tiny, tiny_images, method):
+    qm, path = _export(tmp_path, tiny, tiny_images, method=method, target="ort", weight_range_bits=7)
+    rep = check_onnx(path)
+    assert len(rep.ops) == 14 and rep.integer_count == 14 and rep.mac_share == 100.0
+    assert rep.by_op() == {"Conv": {"total": 7, "integer": 7}, "MatMul": {"total": 6, "integer": 6},
+                           "Gemm": {"total": 1, "integer": 1}}
+    kernels = {o.kernel for o in rep.ops}
+    assert {"QLinearConv", "QLinearMatMul"} <= kernels
+    # and the integer kernels compute what the fake-quant graph computes
+    x = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        ref = qm(x)
+    out = ort_callable(path)(x)
+    assert (out.argmax(1) == ref.argmax(1)).float().mean().item() >= 0.98
+    assert (out - ref).abs().max().item() < 0.05 * ref.abs().max().item()
+
+
+def test_ort_target_decisions_fit_the_kernels(tiny, tiny_images):
+    pm = q.prepare(tiny, tiny_images[:1], q.QConfig(method="qhyvit", target="ort", weight_range_bits=7))
+    q.calibrate(pm, tiny_images)
+    for d in pm.meta["qhyvit_decisions"].layers.values():
+        if d.weight is not None:
+            assert d.weight.spec.symmetric and d.weight.spec.bits == 7
+        for qp in list(d.inputs.values()) + [d.output]:
+            assert not qp.spec.per_channel and not qp.spec.symmetric and not qp.spec.signed
+
+
+def test_check_reports_float_islands_with_reasons(tmp_path, tiny, tiny_images, capsys):
+    _, path = _export(tmp_path, tiny, tiny_images)          # fake-quant target: no Q on conv outputs
+    rep = check_onnx(path)
+    convs = [o for o in rep.ops if o.op == "Conv" and not o.integer]
+    assert len(convs) >= 6
+    assert all("no QuantizeLinear on the output" in o.reason for o in convs)
+    assert {o.name for o in convs} >= {"stem.0", "vit.conv_1x1", "vit.conv_fusion.conv"}
+    assert 0 < rep.mac_share < 100
+    code = cli.main(["check", path, "--require-int8", "--json", str(tmp_path / "r.json")])
+    out, err = capsys.readouterr()
+    assert code == 3 and "run in float" in err and f"float islands ({len(rep.ops) - rep.integer_count})" in out
+    assert os.path.exists(tmp_path / "r.json")
+
+
+def test_check_rejects_non_onnx(tmp_path, capsys):
+    p = tmp_path / "x.onnx"
+    p.write_bytes(b"nope")
+    assert cli.main(["check", str(p)]) == 2
+    assert "cannot load" in capsys.readouterr().err
