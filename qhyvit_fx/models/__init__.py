@@ -24,6 +24,7 @@ HYBRID_MODELS = (
     "efficientformer_l1", "efficientformer_l3", "efficientformer_l7",
     "efficientformerv2_s0", "efficientformerv2_s1", "efficientformerv2_s2", "efficientformerv2_l",
 )
+MOBILEFORMER_MODELS = tuple(f"mobileformer_{s}" for s in ("26m", "52m", "96m", "151m", "214m", "294m", "508m"))
 
 
 class ModelError(ValueError):
@@ -41,6 +42,7 @@ class LoadedModel:
 def _timm():
     import timm
     timm.layers.set_fused_attn(False)
+    from . import mobileformer  # noqa: F401  (registers mobileformer_* with timm)
     return timm
 
 

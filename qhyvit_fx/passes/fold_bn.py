@@ -1,8 +1,8 @@
-"""Pass: fold BatchNorm into the preceding convolution.
+"""Pass: fold BatchNorm into the preceding convolution (or linear).
 
 Handles ``nn.BatchNorm2d`` modules and ``F.batch_norm`` calls (timm's
 ``BatchNormAct2d`` traces into the latter) whose input is an ``nn.Conv2d``
-used nowhere else.  Must run before quantization: onnxruntime cannot fuse a
+used nowhere else, and ``nn.BatchNorm1d`` after an ``nn.Linear`` on [N, C].  Must run before quantization: onnxruntime cannot fuse a
 BatchNorm into a conv whose weight comes out of DequantizeLinear, and the
 quantizer must see the weights the deployed conv really uses.
 """
@@ -31,7 +31,7 @@ def _bn_params(gm: fx.GraphModule, node: fx.Node):
     """(mean, var, weight, bias, eps) of a BN node in eval mode, or None."""
     if node.op == "call_module":
         bn = gm.get_submodule(node.target)
-        if not isinstance(bn, nn.BatchNorm2d) or bn.training or bn.running_mean is None:
+        if not isinstance(bn, (nn.BatchNorm1d, nn.BatchNorm2d)) or bn.training or bn.running_mean is None:
             return None
         return bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps
     if node.op == "call_function" and node.target is F.batch_norm:
@@ -63,8 +63,12 @@ def fold_batchnorm(gm: fx.GraphModule) -> fx.GraphModule:
         if conv_node.op != "call_module" or len(conv_node.users) != 1 or uses.get(conv_node.target) != 1:
             continue
         conv = gm.get_submodule(conv_node.target)
-        if type(conv) is not nn.Conv2d:
+        if type(conv) not in (nn.Conv2d, nn.Linear):
             continue
+        if type(conv) is nn.Linear and not (node.op == "call_module"
+                                            and isinstance(gm.get_submodule(node.target), nn.BatchNorm1d)
+                                            and len(conv_node.meta.get("tensor_meta").shape) == 2):
+            continue          # BatchNorm1d over the features of a [N, C] linear output only
         p = _bn_params(gm, node)
         if p is None:
             continue
@@ -73,7 +77,7 @@ def fold_batchnorm(gm: fx.GraphModule) -> fx.GraphModule:
             inv = torch.rsqrt(var.double() + eps)
             g = gamma.double() if gamma is not None else torch.ones_like(inv)
             b = beta.double() if beta is not None else torch.zeros_like(inv)
-            w = conv.weight.double() * (g * inv).reshape(-1, 1, 1, 1)
+            w = conv.weight.double() * (g * inv).reshape((-1,) + (1,) * (conv.weight.dim() - 1))
             cb = conv.bias.double() if conv.bias is not None else torch.zeros_like(inv)
             bias = (cb - mean.double()) * g * inv + b
             conv.weight = nn.Parameter(w.to(conv.weight.dtype), requires_grad=False)

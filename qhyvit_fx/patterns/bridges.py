@@ -53,6 +53,8 @@ class BridgePattern:
     direction: Callable[[nx.DiGraph, Dict[str, str]], str]
     accept: Optional[Callable[[nx.DiGraph, Dict[str, str]], bool]] = None
     description: str = ""
+    # finds the output layer when it is not a template node: (graph, mapping) -> graph node or None
+    locate_output: Optional[Callable[[nx.DiGraph, Dict[str, str]], Optional[str]]] = None
 
 
 PATTERNS: Dict[str, BridgePattern] = {}
@@ -220,6 +222,71 @@ register_pattern(BridgePattern(
 ))
 
 
+# ---- Mobile-Former: the two-way bridge of every block -------------------------------------
+
+def _mobile_former_direction(kind):
+    return lambda g, m: kind
+
+
+register_pattern(BridgePattern(
+    name="mobile_to_former",
+    description="Mobile -> Former: tokens attend to the feature map (keys = the 4-D features reshaped), "
+                "projection into the tokens, then the Former's FFN",
+    template=_template(
+        {"kfeat": lambda a: a["kind"] == Kind.RESHAPE.value and a.get("in_rank") == 4,
+         "mm1": _is(Kind.MATMUL), "sm": _is(Kind.SOFTMAX), "mm2": _is(Kind.MATMUL), "r": _is(Kind.RESHAPE),
+         "el": _is(Kind.ELEMENTWISE), "proj": _is(Kind.LINEAR), "add": _is(Kind.ELEMENTWISE), "ln": _is(Kind.NORM),
+         "add2": _is(Kind.ELEMENTWISE), "ln2": _is(Kind.NORM), "ffn": _is(Kind.LINEAR)},
+        [("kfeat", "mm1"), ("mm1", "sm"), ("sm", "mm2"), ("mm2", "r"), ("r", "el"), ("el", "proj"), ("proj", "add"),
+         ("add", "ln"), ("ln", "add2"), ("add2", "ln2"), ("ln2", "ffn")]),
+    roles={"kfeat": "reshape", "proj": "entry", "ffn": "output", "mm1": "context", "sm": "context",
+           "mm2": "context", "r": "context", "el": "context", "add": "context", "ln": "context", "add2": "context",
+           "ln2": "context"},
+    direction=_mobile_former_direction(LOCAL_TO_GLOBAL),
+))
+
+
+def _next_conv(g: nx.DiGraph, start: str, depth: int = 4) -> Optional[str]:
+    """The first conv reached from ``start`` through adds and layout ops only."""
+    frontier = [start]
+    for _ in range(depth):
+        nxt = []
+        for v in frontier:
+            for w in g.successors(v):
+                a = g.nodes[w]
+                if a["kind"] == Kind.CONV.value:
+                    return w
+                if a["kind"] in (Kind.ELEMENTWISE.value, Kind.RESHAPE.value):
+                    nxt.append(w)
+        frontier = nxt
+    return None
+
+
+def _reaches_softmax(g: nx.DiGraph, start: str) -> bool:
+    return any(g.nodes[v]["kind"] == Kind.SOFTMAX.value for v in nx.descendants(g, start))
+
+
+def _former_to_mobile_output(g: nx.DiGraph, m: Dict[str, str]) -> Optional[str]:
+    conv = _next_conv(g, m["add"])
+    # the next block's first conv (its block has a bridge again), not the classifier's
+    return conv if conv is not None and _reaches_softmax(g, conv) else None
+
+
+register_pattern(BridgePattern(
+    name="former_to_mobile",
+    description="Former -> Mobile: pixels attend to the tokens, the result is added to the feature map and "
+                "feeds the next block's first conv",
+    template=_template(
+        {"proj": _is(Kind.LINEAR), "r1": _is(Kind.RESHAPE), "mm": _is(Kind.MATMUL), "r2": _is(Kind.RESHAPE),
+         "add": lambda a: a["kind"] == Kind.ELEMENTWISE.value and a.get("rank") == 4},
+        [("proj", "r1"), ("r1", "mm"), ("mm", "r2"), ("r2", "add")]),
+    roles={"proj": "entry", "r1": "context", "mm": "context", "r2": "reshape", "add": "context"},
+    direction=_mobile_former_direction(GLOBAL_TO_LOCAL),
+    locate_output=_former_to_mobile_output,
+    accept=lambda g, m: _former_to_mobile_output(g, m) is not None,
+))
+
+
 # ---- matching ------------------------------------------------------------------------------
 
 def _node_match(g_attrs: dict, t_attrs: dict) -> bool:
@@ -271,8 +338,11 @@ def find_bridges(gm: fx.GraphModule, patterns: Optional[Sequence[str]] = None,
             found.append((p, m))
     tags: List[BridgeTag] = []
     used = set()
-    for p, m in sorted(found, key=lambda pm: order[pm[1][_role(pm[0], "output")[0]]]):
-        output = m[_role(p, "output")[0]]
+    resolved = []
+    for p, m in found:
+        out = p.locate_output(g, m) if p.locate_output is not None else m[_role(p, "output")[0]]
+        resolved.append((p, m, out))
+    for p, m, output in sorted(resolved, key=lambda pmo: order[pmo[2]]):
         entries = [m[t] for t in _role(p, "entry")]
         if output in used:
             continue

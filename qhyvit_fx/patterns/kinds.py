@@ -204,12 +204,16 @@ def build_kind_graph(gm: fx.GraphModule) -> nx.DiGraph:
             # extend a reshape chain that has no other consumer yet
             rep[node.name] = ins[0]
             g.nodes[ins[0]]["members"].append(node.name)
+            g.nodes[ins[0]]["rank"] = _rank(node)
             continue
         if is_pass_through(kind, len(ins)):
             rep[node.name] = ins[0]
             g.nodes[ins[0]].setdefault("absorbed", []).append(node.name)
             continue
-        attrs = {"kind": kind.value, "members": [node.name]}
+        attrs = {"kind": kind.value, "members": [node.name], "rank": _rank(node)}
+        act_in = [a for a in tensor_inputs(node) if a in live]
+        if act_in:
+            attrs["in_rank"] = _rank(act_in[0])
         m = node_module(gm, node)
         if m is not None:
             attrs["module"] = node.target
@@ -223,6 +227,11 @@ def build_kind_graph(gm: fx.GraphModule) -> nx.DiGraph:
         for i in ins:
             g.add_edge(i, node.name)
     return g
+
+
+def _rank(node: fx.Node) -> Optional[int]:
+    tm = node.meta.get("tensor_meta")
+    return len(tm.shape) if tm is not None and hasattr(tm, "shape") else None
 
 
 def quantizable_nodes(gm: fx.GraphModule) -> List[fx.Node]:
