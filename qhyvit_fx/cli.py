@@ -145,6 +145,7 @@ def _calibrated(job: Job, args, lm, pre, w_bits, a_bits, log):
     pm = api.prepare(lm.model, calib[:1], cfg)
     api.calibrate(pm, calib)
     qm = api.convert(pm)
+    pm.meta["qhyvit_calib_images"] = calib
     return cfg, pm, qm, time.time() - t0
 
 
@@ -233,9 +234,11 @@ def cmd_quantize(args) -> int:
             log(f"accuracy on {n} images from {job.eval}:")
             _print_metrics(res)
             metrics = {k: v.to_dict() for k, v in res.items()}
+        from .check import check_onnx
         write_quantize_report(tmp, job=job, config=cfg, prepared=pm, converted=qm, metrics=metrics,
-                              seconds=secs, argv=sys.argv)
-    log(f"wrote {os.path.abspath(args.out)}/: model.onnx, decisions.json, report.md")
+                              seconds=secs, argv=sys.argv, images=pm.meta.get("qhyvit_calib_images"),
+                              check=check_onnx(onnx_path))
+    log(f"wrote {os.path.abspath(args.out)}/: model.onnx, decisions.json, report.md (+ figures)")
     return 0
 
 

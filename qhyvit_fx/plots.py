@@ -113,3 +113,115 @@ def draw_bridges(gm: fx.GraphModule, path: str, title: str = "", hops: int = 3, 
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
     return path
+
+
+def _save(fig, path: str) -> str:
+    import io
+    buf = io.BytesIO()
+    fig.savefig(buf, format=os.path.splitext(path)[1][1:] or "png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def plot_choices(dec, path: str, title: str = "") -> str:
+    """Per layer: weight and input granularity / scheme (and bits), bridge layers marked."""
+    layers = list(dec.layers.values())
+    fig, ax = plt.subplots(figsize=(max(10, 0.16 * len(layers)), 3.2))
+    code = {("tensor", "symmetric"): 0, ("tensor", "asymmetric"): 1, ("channel", "symmetric"): 2,
+            ("channel", "asymmetric"): 3}
+    labels = ["tensor / sym", "tensor / asym", "channel / sym", "channel / asym"]
+    for i, d in enumerate(layers):
+        if d.weight is not None:
+            s = d.weight.spec
+            ax.scatter(i, code[(s.granularity, s.scheme)] - 0.12, marker="s", color="#1f77b4", s=22)
+        for qp in d.inputs.values():
+            if qp is not None:
+                ax.scatter(i, code[(qp.spec.granularity, qp.spec.scheme)] + 0.12, marker="o", color="#ff7f0e", s=22)
+        if d.bridge is not None:
+            ax.axvspan(i - 0.5, i + 0.5, color="#d62728", alpha=0.12, lw=0)
+    ax.set_yticks(range(4))
+    ax.set_yticklabels(labels)
+    ax.set_xticks(range(len(layers)))
+    ax.set_xticklabels([d.layer.replace("stages.", "s").replace("transformer.", "t") for d in layers], rotation=90,
+                       fontsize=5)
+    ax.set_xlim(-1, len(layers))
+    ax.scatter([], [], marker="s", color="#1f77b4", label="weight")
+    ax.scatter([], [], marker="o", color="#ff7f0e", label="input activation")
+    ax.axvspan(0, 0, color="#d62728", alpha=0.12, label="bridge layer")
+    ax.legend(loc="upper right", fontsize=7, ncol=3)
+    ax.set_title(title or "chosen granularity and scheme per layer", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_errors(dec, path: str, title: str = "") -> str:
+    """Search objective before (MinMax) and after, per layer (log scale)."""
+    layers = [d for d in dec.layers.values() if "before" in d.error]
+    fig, ax = plt.subplots(figsize=(max(10, 0.16 * len(layers)), 3.2))
+    x = range(len(layers))
+    ax.bar([i - 0.2 for i in x], [max(d.error["before"], 1e-30) for d in layers], width=0.4, label="MinMax (before)",
+           color="#bbbbbb")
+    ax.bar([i + 0.2 for i in x], [max(d.error["after"], 1e-30) for d in layers], width=0.4, label="after the search",
+           color="#2ca02c")
+    ax.set_yscale("log")
+    ax.set_xticks(list(x))
+    ax.set_xticklabels([d.layer.replace("stages.", "s").replace("transformer.", "t") for d in layers], rotation=90,
+                       fontsize=5)
+    ax.legend(fontsize=7)
+    ax.set_ylabel("E[g^2 dO^2]")
+    ax.set_title(title or "Hessian-guided output error per layer", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_choice_counts(counts: Dict[str, Dict[str, int]], path: str, title: str = "") -> str:
+    """Share of per-channel / asymmetric picks by layer kind (weights and inputs)."""
+    kinds = list(counts)
+    fig, ax = plt.subplots(figsize=(7, 3))
+    width = 0.2
+    series = [("W per-channel", "w_channel", "layers"), ("W asymmetric", "w_asym", "layers"),
+              ("A per-channel", "a_channel", "a_tensors"), ("A asymmetric", "a_asym", "a_tensors")]
+    for j, (label, key, den) in enumerate(series):
+        vals = [100.0 * counts[k][key] / counts[k][den] if counts[k][den] and
+                (key.startswith("a") or k != "matmul") else 0 for k in kinds]
+        ax.bar([i + (j - 1.5) * width for i in range(len(kinds))], vals, width=width, label=label)
+    ax.set_xticks(range(len(kinds)))
+    ax.set_xticklabels([f"{k} ({counts[k]['layers']})" for k in kinds])
+    ax.set_ylabel("% of quantizers")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(title or "how often each layer kind picks per-channel / asymmetric", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_bridge_histograms(samples: List[dict], path: str, title: str = "") -> str:
+    """Real vs quantized values of every bridge layer's input (paper Figs. 3-8).
+
+    ``samples``: dicts with layer, real (1-D tensor), quant (1-D tensor), spec, zp_overflow,
+    ch_lo / ch_hi (per-channel ranges, optional)."""
+    n = max(1, len(samples))
+    fig, axes = plt.subplots(n, 2, figsize=(12, 2.6 * n), squeeze=False)
+    for (ax, ax2), s in zip(axes, samples):
+        real, quant = s["real"].float(), s["quant"].float()
+        lo, hi = float(real.min()), float(real.max())
+        bins = 120
+        ax.hist(real.numpy(), bins=bins, range=(lo, hi), color="#ff7f0e", alpha=0.6, label="real")
+        ax.hist(quant.numpy(), bins=bins, range=(lo, hi), color="#1f77b4", alpha=0.6, label="quantized")
+        ax.set_yscale("log")
+        over = f", zero-point overflow in {s['zp_overflow']} channel(s)" if s.get("zp_overflow") else ""
+        ax.set_title(f"{s['layer']} input: {s['spec']}{over}", fontsize=8, color="#d62728" if over else "black")
+        ax.legend(fontsize=7)
+        if s.get("ch_lo") is not None:
+            c = range(len(s["ch_lo"]))
+            ax2.vlines(list(c), s["ch_lo"].numpy(), s["ch_hi"].numpy(), color="#555555", lw=1)
+            ax2.axhline(0, color="#d62728", lw=0.6)
+            ax2.set_title("per-channel ranges (min..max)", fontsize=8)
+            ax2.set_xlabel("channel", fontsize=7)
+        else:
+            ax2.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -5,6 +5,7 @@ import os
 import shlex
 from typing import Dict, List, Optional
 
+import torch
 import torch.fx as fx
 
 from .decisions import atomic_write_text
@@ -47,9 +48,66 @@ def choice_counts(dec) -> Dict[str, Dict[str, int]]:
     return out
 
 
+class _InputSampler(fx.Interpreter):
+    """Float pass that keeps the inputs of the given layer nodes."""
+
+    def __init__(self, gm: fx.GraphModule, nodes: Dict[str, int]):
+        super().__init__(gm)
+        self.nodes = nodes
+        self.kept: Dict[str, torch.Tensor] = {}
+
+    def call_module(self, target, args, kwargs):
+        from .calibration import _IDENTITY_MODULES
+        if isinstance(self.module.get_submodule(target), _IDENTITY_MODULES):
+            return args[0]
+        return super().call_module(target, args, kwargs)
+
+    def run_node(self, n):
+        out = super().run_node(n)
+        if n.name in self.nodes:
+            a = n.args[self.nodes[n.name]]
+            self.kept.setdefault(n.name, []).append(self.env[a].detach() if isinstance(a, fx.Node) else a)
+        return out
+
+
+def bridge_samples(prepared: fx.GraphModule, dec, images: torch.Tensor, max_values: int = 200_000) -> List[dict]:
+    """Real and quantized input values of every bridge layer (for the histograms)."""
+    from .passes.annotate import ANNOTATION
+    from .quantizer import fake_quant
+    nodes = {n.name: 0 for n in prepared.graph.nodes
+             if ANNOTATION in n.meta and n.meta[ANNOTATION].bridge is not None}
+    if not nodes or images is None:
+        return []
+    sampler = _InputSampler(prepared, nodes)
+    with torch.no_grad():
+        for i in range(0, images.shape[0], 8):
+            sampler.run(images[i:i + 8])
+    out = []
+    g = torch.Generator().manual_seed(0)
+    for n in prepared.graph.nodes:
+        if n.name not in sampler.kept:
+            continue
+        ann = n.meta[ANNOTATION]
+        qp = dec.layers[ann.layer].inputs.get(0)
+        x = torch.cat(sampler.kept[n.name])
+        if qp is None:
+            continue
+        axis = qp.spec.axis if qp.spec.per_channel else None
+        q = fake_quant(x, qp.scale, qp.zero_point, qp.spec.qmin, qp.spec.qmax, axis)
+        idx = torch.randperm(x.numel(), generator=g)[:max_values]
+        ch = x.movedim(1, 0).reshape(x.shape[1], -1) if x.dim() == 4 else None
+        out.append({"layer": ann.layer, "real": x.reshape(-1)[idx], "quant": q.reshape(-1)[idx],
+                    "spec": f"{qp.spec.bits}-bit {qp.spec.granularity} {qp.spec.scheme}",
+                    "zp_overflow": qp.zp_overflow,
+                    "ch_lo": ch.min(1).values if ch is not None else None,
+                    "ch_hi": ch.max(1).values if ch is not None else None})
+    return out
+
+
 def write_quantize_report(folder: str, job, config, prepared: fx.GraphModule, converted: fx.GraphModule,
-                          metrics: Optional[Dict], seconds: float, argv: List[str]) -> str:
-    from .plots import draw_bridges
+                          metrics: Optional[Dict], seconds: float, argv: List[str],
+                          images: Optional[torch.Tensor] = None, check=None) -> str:
+    from .plots import draw_bridges, plot_bridge_histograms, plot_choice_counts, plot_choices, plot_errors
     dec = converted.meta["qhyvit_decisions"]
     lines = [f"# qhyvit quantize report: {job.name}", "",
              f"Command: `{' '.join(shlex.quote(a) for a in ['qhyvit'] + list(argv[1:]))}`", "",
@@ -68,15 +126,38 @@ def write_quantize_report(folder: str, job, config, prepared: fx.GraphModule, co
             lines.append(f"| {m['name']} | {m['top1']:.2f} | {m['agreement']:.2f} | {m['kl']:.5f} | "
                          f"{m['sqnr_db']:.2f} |")
         lines.append("")
+    if check is not None:
+        lines += ["## Integer kernels (onnxruntime)", "",
+                  f"{check.integer_count}/{len(check.ops)} conv/gemm/matmul ops run in integer kernels "
+                  f"({check.mac_share:.1f} % of MACs); see `qhyvit check model.onnx`.", ""]
+        islands = [o for o in check.ops if not o.integer]
+        if islands:
+            lines += ["| float op | reason |", "|---|---|"] + [f"| {o.name} | {o.reason} |" for o in islands] + [""]
     counts = choice_counts(dec)
     lines += ["## Choices by layer kind", "", "| kind | layers | W per-channel | W asymmetric | A tensors | "
               "A per-channel | A asymmetric |", "|---|---|---|---|---|---|---|"]
     for k, c in counts.items():
         lines.append(f"| {k} | {c['layers']} | {c['w_channel']} | {c['w_asym']} | {c['a_tensors']} | "
                      f"{c['a_channel']} | {c['a_asym']} |")
-    lines += ["", "## Bridge blocks", "", "![bridges](bridges.png)", ""]
+    plot_choice_counts(counts, os.path.join(folder, "choice_counts.png"))
+    plot_choices(dec, os.path.join(folder, "choices.png"), title=f"{job.name} W{config.w_bits}A{config.a_bits} "
+                 f"{config.method}: chosen granularity / scheme per layer (bridge layers shaded)")
+    lines += ["", "![choice counts](choice_counts.png)", "", "![choices per layer](choices.png)", ""]
+    if any("before" in d.error for d in dec.layers.values()):
+        plot_errors(dec, os.path.join(folder, "errors.png"))
+        lines += ["## Quantization error before and after the search", "", "![errors](errors.png)", ""]
+    lines += ["## Bridge blocks", "", "![bridges](bridges.png)", ""]
     draw_bridges(prepared, os.path.join(folder, "bridges.png"), title=f"{job.name}: bridge blocks and decisions",
                  decisions=dec)
+    samples = bridge_samples(prepared, dec, images)
+    if samples:
+        plot_bridge_histograms(samples, os.path.join(folder, "bridge_histograms.png"),
+                               title=f"{job.name}: real (orange) vs quantized (blue) inputs of the bridge layers")
+        lines += ["Inputs of the bridge layers, real vs quantized (log counts), and their per-channel ranges "
+                  "(paper Figs. 3-8); a title in red marks zero-point overflow.", "",
+                  "![bridge histograms](bridge_histograms.png)", "",
+                  "| bridge layer | input quantizer | zero-point overflow |", "|---|---|---|"]
+        lines += [f"| {s['layer']} | {s['spec']} | {s['zp_overflow']} |" for s in samples] + [""]
     lines += ["## Per-layer decisions", ""] + decisions_table(dec) + [""]
     path = os.path.join(folder, "report.md")
     atomic_write_text(path, "\n".join(lines))
