@@ -286,6 +286,14 @@ class RowCollector(fx.Interpreter):
                 for k in folds.unique().tolist():
                     _accumulate(rec.stats[j][k], x[folds == k], axis)
         rec.out.append(_rows_of(out, rec.plan.kind, idx).clone())
+        if ann.output is not None:
+            if not hasattr(rec, "out_stats"):
+                rec.out_stats = [{} for _ in range(len(rec.stats[0]))]
+            _accumulate(rec.out_stats[-1], out, None)
+            if self.fold_of.numel():
+                folds = self.fold_of[self.i0:self.i1].repeat_interleave(out.shape[0] // (self.i1 - self.i0))
+                for k in folds.unique().tolist():
+                    _accumulate(rec.out_stats[k], out[folds == k], None)
 
 
 class GradCollector(fx.Interpreter):
@@ -458,6 +466,13 @@ def build_problems(prepared: fx.GraphModule, records: Dict[str, LayerRecord], ta
                 st.folds = [_stats(_merge([per[o] for o in range(k) if o != i])) for i in range(k)]
             stats.append(st)
         fold_of = getattr(rec, "fold_of", torch.empty(0, dtype=torch.long))
+        o_stats = None
+        if hasattr(rec, "out_stats"):
+            per = rec.out_stats
+            o_stats = _stats(per[-1])
+            if len(per) - 1 > 1:
+                o_stats.folds = [_stats(_merge([per[o] for o in range(len(per) - 1) if o != i]))
+                                 for i in range(len(per) - 1)]
         specs = [ann.inputs[i] for i in sorted(ann.inputs)]
         if ann.kind == "matmul":
             probs[name] = MatmulProblem(ann.layer, ins[0], ins[1], out, grad, stats, specs)
@@ -491,5 +506,6 @@ def build_problems(prepared: fx.GraphModule, records: Dict[str, LayerRecord], ta
             out_fp=obj_out, grad2=obj_grad, groups=groups, col_channel=col_channel,
             act_stats=stats[0], w_spec=ann.weight, a_spec=specs[0],
             act_per_channel_ok=ann.input_axes.get(0) is not None, tail=tail_fn, layer_out_fp=layer_out,
-            row_fold=fold_of[plan_rows.index // plan_rows.per_image] if fold_of.numel() else None)
+            row_fold=fold_of[plan_rows.index // plan_rows.per_image] if fold_of.numel() else None,
+            o_spec=ann.output, o_stats=o_stats)
     return probs, info

@@ -39,11 +39,15 @@ def test_ort_target_runs_every_op_in_integer_kernels(tmp_path, tiny, tiny_images
 def test_ort_target_decisions_fit_the_kernels(tiny, tiny_images):
     pm = q.prepare(tiny, tiny_images[:1], q.QConfig(method="qhyvit", target="ort", weight_range_bits=7))
     q.calibrate(pm, tiny_images)
-    for d in pm.meta["qhyvit_decisions"].layers.values():
+    dec = pm.meta["qhyvit_decisions"]
+    for d in dec.layers.values():
         if d.weight is not None:
             assert d.weight.spec.symmetric and d.weight.spec.bits == 7
-        for qp in list(d.inputs.values()) + [d.output]:
+        for qp in list(d.inputs.values()) + ([d.output] if d.output is not None else []):
             assert not qp.spec.per_channel and not qp.spec.symmetric and not qp.spec.signed
+    # output Q/DQ only where onnxruntime's kernels need one: convs (QLinearConv) and the 2-D head (QGemm)
+    with_out = {d.layer for d in dec.layers.values() if d.output is not None}
+    assert with_out == {d.layer for d in dec.layers.values() if d.kind == "conv"} | {"head"}
 
 
 def test_check_reports_float_islands_with_reasons(tmp_path, tiny, tiny_images, capsys):

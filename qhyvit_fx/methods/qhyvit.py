@@ -65,7 +65,7 @@ class QHyViT(Method):
                               info=dict(info.get(ann.layer, {}), rounds=res.rounds, rows=p.rows),
                               bias_delta=res.bias_delta)
             if ann.output is not None:
-                d.output = init.layers[ann.layer].output
+                d.output = getattr(res, "output", None) or init.layers[ann.layer].output
             layers[ann.layer] = d
         meta = {"method": self.name, "seconds_collect": round(t_collect, 2),
                 "seconds_total": round(time.time() - t0, 2),

@@ -92,7 +92,12 @@ def annotate(gm: fx.GraphModule, config: QConfig) -> fx.GraphModule:
                 spec = spec.with_(per_channel=False, axis=0)
             inputs[j] = spec
         out_spec, out_axis = None, None
-        if config.quantize_outputs or ort:   # integer kernels need Q/DQ on the op output too
+        # onnxruntime's QLinearConv and QGemm need Q/DQ on the op output too; its matmul kernels
+        # (MatMulIntegerToFloat, QLinearMatMul) run in integers without one, so token linears and
+        # attention matmuls get no extra output quantizer
+        r = _rank(node)
+        needs_out = k == Kind.CONV or (k == Kind.LINEAR and r == 2)
+        if config.quantize_outputs or (ort and needs_out):
             out_spec = config.act_spec(a_bits).with_(per_channel=False, axis=0)
         b = node.meta.get("qhyvit_bridge")
         node.meta[ANNOTATION] = QuantAnnotation(

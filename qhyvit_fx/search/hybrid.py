@@ -54,6 +54,7 @@ class LayerResult:
     evaluations: int = 0
     info: dict = field(default_factory=dict)
     bias_delta: Optional[torch.Tensor] = None     # added to the layer bias (bias correction)
+    output: Optional[QParams] = None              # searched output quantizer
 
 
 # ---- candidates ----------------------------------------------------------------------------
@@ -429,7 +430,33 @@ def search_weighted(p: WeightedLayerProblem, opts: SearchOptions) -> LayerResult
             xq = _quant_patches(p, p.patches, ach.qp)
             wq = _weight_cands(p.weight, _one(wch.qp))[0]
             delta = -(p.layer_forward(xq, wq) - p.out_fp).mean(0)
-    return LayerResult(p.name, wch.qp, [ach.qp], before, after, rounds, stats.get("evals", 0), bias_delta=delta)
+        out_qp = _search_output(p, wch, ach, opts) if p.o_spec is not None and p.tail is None else None
+    return LayerResult(p.name, wch.qp, [ach.qp], before, after, rounds, stats.get("evals", 0), bias_delta=delta,
+                       output=out_qp)
+
+
+def _search_output(p: WeightedLayerProblem, wch: Choice, ach: Choice, opts: SearchOptions) -> QParams:
+    """Scale of the output quantizer (per-tensor, its annotated scheme) for the chosen weight and
+    input quantizers: same objective, candidates, K-fold validation and successive halving."""
+    f = _fractions(opts)
+    o = p.layer_forward(_quant_patches(p, p.patches, ach.qp), _weight_cands(p.weight, _one(wch.qp))[0])
+    spec = p.o_spec
+    folds = p.o_stats.folds if opts.act_cv and p.o_stats.folds is not None and p.row_fold is not None else None
+
+    def err_of(idx, rows):
+        fr = f[idx]
+        total = torch.zeros(len(fr))
+        parts = [(st, (p.row_fold[:rows] == k).nonzero().squeeze(1)) for k, st in enumerate(folds)] if folds \
+            else [(p.o_stats, torch.arange(rows))]
+        for st, ridx in parts:
+            if ridx.numel() == 0:
+                continue
+            qp = _candidate_params(st.lo, st.hi, spec, fr)
+            d = fake_quant(o[ridx], qp.scale, qp.zero_point, spec.qmin, spec.qmax).sub_(p.out_fp[ridx])
+            total += d.mul_(d).mul_(p.grad2[ridx]).sum((-1, -2))
+        return total
+    j, _ = _halving(err_of, len(f), p.rows, opts)
+    return _take(_candidate_params(p.o_stats.lo, p.o_stats.hi, spec, f[j:j + 1]), 0)
 
 
 def _total_weighted(p: WeightedLayerProblem, wch: Choice, ach: Choice, opts: SearchOptions) -> float:

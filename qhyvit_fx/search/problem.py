@@ -64,6 +64,8 @@ class WeightedLayerProblem:
     tail: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
     layer_out_fp: Optional[torch.Tensor] = None   # [S, C] layer output when a tail is used
     row_fold: Optional[torch.Tensor] = None       # [S] cross-validation fold of each row's image
+    o_spec: Optional[QSpec] = None                # output quantizer (deployment graphs), searched last
+    o_stats: Optional[ActStats] = None            # range statistics of the layer output
 
     @property
     def rows(self) -> int:
