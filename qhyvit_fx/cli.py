@@ -339,6 +339,7 @@ def _add_quant(p):
     p.add_argument("--act-scheme", default="asymmetric", choices=("asymmetric", "symmetric"),
                    help="activation scheme with --target ort: asymmetric uint8 (onnxruntime x86) or symmetric "
                         "int8 with zero-point 0 (TensorRT style)")
+    p.add_argument("--device", default="cpu", help="device for the Q-HyViT search: cpu (default) or cuda")
     p.add_argument("--eval-images", type=int, default=None, help="evaluate on a seeded subset of this size")
     p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images (with a count)")
 

@@ -105,6 +105,12 @@ class QConfig:
             raise ConfigError("calib_images must be at least 1")
         if self.weight_range_bits is not None and not 2 <= self.weight_range_bits <= 8:
             raise ConfigError("weight_range_bits must be between 2 and 8")
+        if not (self.device == "cpu" or str(self.device).startswith("cuda")):
+            raise ConfigError(f"device '{self.device}' is not supported; use cpu or cuda")
+        if str(self.device).startswith("cuda"):
+            import torch
+            if not torch.cuda.is_available():
+                raise ConfigError(f"device '{self.device}' was asked for but torch sees no CUDA GPU; use --device cpu")
         if self.grad_source not in ("kl", "fisher"):
             raise ConfigError(f"grad_source={self.grad_source!r} is not one of kl, fisher")
         if self.rounds < 1 or self.n_candidates < 1:

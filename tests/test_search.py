@@ -135,3 +135,24 @@ def test_edited_decisions_are_applied_exactly(tmp_path, tiny, tiny_images):
     bad_layer["weight"]["zero_point"] = [0, 0]
     with pytest.raises(DecisionsError, match="head.*2 scales.*10 channels"):
         q.convert(pm, bad)
+
+
+def test_device_plumbing(tiny, tiny_images):
+    from qhyvit_fx.config import ConfigError
+    from qhyvit_fx.methods.qhyvit import _to, search_device
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA GPU"):
+            search_device("cuda")
+        with pytest.raises(ConfigError, match="no CUDA GPU"):
+            q.QConfig(method="qhyvit", device="cuda")
+    with pytest.raises(ConfigError, match="not supported"):
+        search_device("meta")
+    # moving a problem back and forth keeps every tensor
+    cfg = q.QConfig(method="qhyvit")
+    pm = q.prepare(tiny, tiny_images[:1], cfg)
+    pm(tiny_images)
+    recs, tails, side = collect(pm, convert_graph(pm, MinMax(cfg).decide(pm, None)), tiny_images, cfg)
+    probs, _ = build_problems(pm, recs, tails, side, cfg)
+    p = next(v for v in probs.values() if not isinstance(v, MatmulProblem))
+    moved = _to(p, "cpu")
+    assert torch.equal(moved.patches, p.patches) and moved.act_stats.folds is not None

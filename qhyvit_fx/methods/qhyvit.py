@@ -18,6 +18,46 @@ from .base import Method, register_method
 from .minmax import MinMax
 
 
+def search_device(name: str) -> torch.device:
+    """The device the search runs on.  The search is exact arithmetic on either device, but CUDA
+    reductions add in another order than the CPU's, so two candidates whose objectives differ by
+    float rounding may swap: decisions equal the CPU's up to the 2 % objective tie tolerance of
+    tests/test_search.py."""
+    from ..config import ConfigError
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' was asked for but torch sees no CUDA GPU; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device '{name}' is not supported; use cpu or cuda")
+    return dev
+
+
+def _to(obj, dev):
+    """Move the tensors (and QParams) held by a problem or result dataclass to ``dev``."""
+    import dataclasses
+    from ..quantizer import QParams
+    from ..search.problem import ActStats
+    if isinstance(obj, torch.Tensor):
+        return obj.to(dev)
+    if isinstance(obj, QParams):
+        return QParams(obj.spec, obj.scale.to(dev), obj.zero_point.to(dev), obj.zp_overflow)
+    if isinstance(obj, list):
+        return [_to(o, dev) for o in obj]
+    if isinstance(obj, ActStats):
+        st = ActStats(*(_to(getattr(obj, f), dev) for f in ("lo", "hi", "ch_lo", "ch_hi")))
+        st.folds = _to(obj.folds, dev) if obj.folds is not None else None
+        return st
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        if torch.device(dev).type == "cpu" and not any(isinstance(getattr(obj, f.name), torch.Tensor) and
+                                                       getattr(obj, f.name).device.type != "cpu"
+                                                       for f in dataclasses.fields(obj)):
+            return obj
+        return dataclasses.replace(obj, **{f.name: _to(getattr(obj, f.name), dev) for f in dataclasses.fields(obj)
+                                           if isinstance(getattr(obj, f.name), (torch.Tensor, QParams, list,
+                                                                                ActStats))})
+    return obj
+
+
 def search_options(cfg) -> SearchOptions:
     return SearchOptions(
         rounds=cfg.rounds, round_tol=cfg.round_tol, fractions=candidate_fractions(cfg.n_candidates, cfg.alpha, cfg.beta),
@@ -54,10 +94,16 @@ class QHyViT(Method):
         if cfg.progress:
             from tqdm import tqdm
             it = tqdm(nodes, desc="Q-HyViT search", unit="layer")
+        dev = search_device(cfg.device)
         for n in it:
             ann = n.meta[ANNOTATION]
-            p = probs.pop(n.name)
-            res = search_matmul(p, opts) if isinstance(p, MatmulProblem) else search_weighted(p, opts)
+            p = _to(probs.pop(n.name), dev)
+            if getattr(p, "tail", None) is not None and dev.type != "cpu":
+                tail = p.tail           # a CPU GraphModule: run it there
+                p.tail = lambda r, t=tail: t(r.cpu()).to(dev)
+            with torch.device(dev):
+                res = search_matmul(p, opts) if isinstance(p, MatmulProblem) else search_weighted(p, opts)
+            res = _to(res, "cpu")
             d = LayerDecision(layer=ann.layer, kind=ann.kind, bridge=ann.bridge,
                               weight=res.weight if ann.weight is not None else None,
                               inputs={i: q for i, q in zip(sorted(ann.inputs), res.inputs)},

@@ -63,6 +63,7 @@ def _fractions(opts: SearchOptions) -> torch.Tensor:
     if not opts.search_scale:
         return torch.ones(1)
     f = opts.fractions if opts.fractions is not None else candidate_fractions()
+    f = f.to(torch.get_default_device())      # the search runs under `with torch.device(...)`
     if not bool((f == 1.0).any()):
         f = torch.cat([f, torch.ones(1)])      # MinMax itself is always a candidate
     return f
@@ -343,10 +344,10 @@ def _mm_err(prob: MatmulProblem, which: int, qp: QParams, other_q: torch.Tensor,
     rows (A) or columns (B), the same random subset in every matrix."""
     g = torch.Generator().manual_seed(which)
     if which == 0:
-        idx = torch.randperm(prob.a.shape[1], generator=g)[:r]
+        idx = torch.randperm(prob.a.shape[1], generator=g, device="cpu")[:r]
         x, out, g2 = prob.a[:, idx], prob.out_fp[:, idx], prob.grad2[:, idx]
     else:
-        idx = torch.randperm(prob.b.shape[2], generator=g)[:r]
+        idx = torch.randperm(prob.b.shape[2], generator=g, device="cpu")[:r]
         x, out, g2 = prob.b[:, :, idx], prob.out_fp[:, :, idx], prob.grad2[:, :, idx]
     res = []
     for a, b in _chunks(qp.scale.shape[0], out.numel() + x.numel(), opts):
