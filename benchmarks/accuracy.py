@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import CIFAR_MODELS, RESULTS, cached, load, splits, store  # noqa: E402
+from common import CIFAR_MODELS, RESULTS, cached, load, splits, store, write_json  # noqa: E402
 
 # named configurations (QConfig overrides); 'ort' variants target onnxruntime's integer kernels on
 # this CPU (per-tensor activations, 7-bit weight codes on AVX2) and are also run through onnxruntime
@@ -137,11 +137,7 @@ def main():
                     line += (f" | ORT top-1 {r['ort']['top1']:.2f} agree {r['ort']['agreement']:.2f}"
                              f" vs torch {r['ort_vs_torch']['agreement']:.2f} max|d| {r['ort_vs_torch']['max_abs_diff']:.4f}")
                 print(line, flush=True)
-        os.makedirs(os.path.dirname(args.json), exist_ok=True)
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(out, f, indent=1)
-        os.replace(tmp, args.json)
+        write_json(args.json, out)
 
 
 if __name__ == "__main__":

@@ -50,9 +50,12 @@ def lite0_checkpoint() -> str:
 
 
 def weights_for(name: str) -> str:
+    """ImageNet control: converted once; CIFAR checkpoints: benchmarks/weights/ (trained with
+    benchmarks/train_cifar.py, e.g. Mobile-Former) or the shared folder."""
     if name == IMAGENET_CONTROL:
         return lite0_checkpoint()
-    return os.path.join(SHARED, "weights", f"{name}-cifar10.pth")
+    own = os.path.join(HERE, "weights", f"{name}-cifar10.pth")
+    return own if os.path.exists(own) else os.path.join(SHARED, "weights", f"{name}-cifar10.pth")
 
 
 def load(name: str):
@@ -95,10 +98,14 @@ def cached(kind: str, key: Dict):
     return None
 
 
-def store(kind: str, key: Dict, value) -> None:
-    p = cell_path(kind, key)
-    os.makedirs(os.path.dirname(p), exist_ok=True)
-    tmp = p + ".tmp"
+def write_json(path: str, value) -> None:
+    """Atomic JSON write (temp file + os.replace)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(value, f, indent=1)
-    os.replace(tmp, p)
+    os.replace(tmp, path)
+
+
+def store(kind: str, key: Dict, value) -> None:
+    write_json(cell_path(kind, key), value)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import CACHE, CIFAR_MODELS, IMAGENET_CONTROL, RESULTS, cached, load, splits, store  # noqa: E402
+from common import CACHE, CIFAR_MODELS, IMAGENET_CONTROL, RESULTS, cached, load, splits, store, write_json  # noqa: E402
 from accuracy import metrics, run_model  # noqa: E402
 
 
@@ -135,11 +135,7 @@ def main():
                 print(f"{name:22s} {kind:12s} int {hit['check']['integer_ops']:3d}/{hit['check']['ops']:<3d} "
                       f"size {hit['size_bytes'] / 1e6:6.2f} MB  top-1 {o['top1']:.2f} agree {o['agreement']:.2f}  "
                       + " ".join(f"{k} {v:.2f}ms" for k, v in hit["latency_ms"].items()), flush=True)
-        os.makedirs(os.path.dirname(args.json), exist_ok=True)
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(out, f, indent=1)
-        os.replace(tmp, args.json)
+        write_json(args.json, out)
 
 
 if __name__ == "__main__":
