@@ -43,7 +43,8 @@ def test_quantize_default_end_to_end(tmp_path, capsys):
     out = str(tmp_path / "out")
     code, o, err = run(["quantize", "--out", out, "--eval-images", "100"], capsys)
     assert code == 0, err
-    assert sorted(os.listdir(out)) == ["bridges.png", "decisions.json", "model.onnx", "report.md"]
+    assert sorted(os.listdir(out)) == ["bridge_histograms.png", "bridges.png", "choice_counts.png", "choices.png",
+                                       "decisions.json", "model.onnx", "report.md"]
     dec = json.load(open(os.path.join(out, "decisions.json")))
     assert dec["format"] == "qhyvit-decisions/1" and len(dec["layers"]) == 90
     onnx.checker.check_model(onnx.load(os.path.join(out, "model.onnx")))
