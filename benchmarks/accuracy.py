@@ -112,8 +112,12 @@ def main():
     ap.add_argument("--variants", nargs="+", default=["minmax", "qhyvit"], choices=sorted(VARIANTS))
     ap.add_argument("--ort", action="store_true", help="also run every cell through onnxruntime")
     ap.add_argument("--eval-images", type=int, default=None, help="seeded subset of the evaluation split")
-    ap.add_argument("--json", default=os.path.join(RESULTS, "accuracy.json"))
+    ap.add_argument("--json", default=None,
+                    help="default: benchmarks/results/accuracy.json (accuracy-<N>.json with --eval-images N)")
     args = ap.parse_args()
+    if args.json is None:  # a subset run must not overwrite the full-split float row
+        suffix = f"-{args.eval_images}" if args.eval_images else ""
+        args.json = os.path.join(RESULTS, f"accuracy{suffix}.json")
     torch.set_num_threads(2)
     out = {}
     if os.path.exists(args.json):

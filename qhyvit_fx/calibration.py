@@ -179,12 +179,16 @@ def _nchw_to_rows(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[1], -1).t()
 
 
-def tail_callable(tail: Tail, side_rows: List[torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
-    def run(rows: torch.Tensor) -> torch.Tensor:
-        reps = rows.shape[0] // side_rows[0].shape[0] if side_rows else 1
-        sides = [_rows_to_nchw(s.repeat(reps, 1)) for s in side_rows]
+def tail_callable(tail: Tail, side_rows: List[torch.Tensor]):
+    """The rest of a bridge block as ``fn(rows [n, r, C], idx) -> [n, r, C']`` for ``n`` candidate
+    outputs on ``r`` sampled rows: the first ``r`` rows when ``idx`` is None, else rows ``idx``.
+    Side inputs (e.g. a residual branch) are taken at the same rows."""
+    def run(rows: torch.Tensor, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
+        n, r, c = rows.shape
+        sides = [(s[:r] if idx is None else s[idx]).repeat(n, 1) for s in side_rows]
         with torch.no_grad():
-            return _nchw_to_rows(tail.gm(_rows_to_nchw(rows), *sides))
+            out = tail.gm(_rows_to_nchw(rows.reshape(n * r, c)), *(_rows_to_nchw(s) for s in sides))
+        return _nchw_to_rows(out).reshape(n, r, -1)
     return run
 
 

@@ -156,3 +156,23 @@ def test_device_plumbing(tiny, tiny_images):
     p = next(v for v in probs.values() if not isinstance(v, MatmulProblem))
     moved = _to(p, "cpu")
     assert torch.equal(moved.patches, p.patches) and moved.act_stats.folds is not None
+
+
+def test_bridge_tail_takes_side_inputs_at_the_sampled_rows():
+    """The rest of a bridge block with a side input (a residual add) must see the side rows that
+    belong to the candidate rows: the first r rows, or an index subset (cross-validation folds)."""
+    import torch.fx as fx
+    from qhyvit_fx.calibration import Tail, tail_callable
+
+    class Rest(torch.nn.Module):
+        def forward(self, x, side):
+            return torch.relu(x) * 2 + side
+
+    gm = fx.symbolic_trace(Rest())
+    S, C, n = 50, 3, 4
+    side = torch.randn(S, C)
+    fn = tail_callable(Tail(gm, ["side"], "add"), [side])
+    rows = torch.randn(n, 7, C)
+    assert torch.equal(fn(rows, None), torch.relu(rows) * 2 + side[:7])
+    idx = torch.tensor([3, 11, 12, 40, 41, 42, 49])
+    assert torch.equal(fn(rows, idx), torch.relu(rows) * 2 + side[idx])

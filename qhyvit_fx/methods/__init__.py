@@ -6,3 +6,4 @@ and ``QConfig.method`` look them up here.
 from .base import METHODS, Method, get_method, register_method  # noqa: F401
 from . import minmax  # noqa: F401  (registers)
 from . import qhyvit  # noqa: F401,E402  (registers)
+from . import easyquant  # noqa: F401,E402  (registers)

@@ -75,6 +75,10 @@ class QHyViT(Method):
     name = "qhyvit"
     needs_images = True
 
+    def search(self, p, opts: SearchOptions):
+        """One layer's problem -> LayerResult (the only step other search-based methods replace)."""
+        return search_matmul(p, opts) if isinstance(p, MatmulProblem) else search_weighted(p, opts)
+
     def decide(self, prepared: fx.GraphModule, images: Optional[torch.Tensor]) -> Decisions:
         cfg = self.config
         torch.manual_seed(cfg.seed)
@@ -93,16 +97,16 @@ class QHyViT(Method):
         it = nodes
         if cfg.progress:
             from tqdm import tqdm
-            it = tqdm(nodes, desc="Q-HyViT search", unit="layer")
+            it = tqdm(nodes, desc=f"{self.name} search", unit="layer")
         dev = search_device(cfg.device)
         for n in it:
             ann = n.meta[ANNOTATION]
             p = _to(probs.pop(n.name), dev)
             if getattr(p, "tail", None) is not None and dev.type != "cpu":
                 tail = p.tail           # a CPU GraphModule: run it there
-                p.tail = lambda r, t=tail: t(r.cpu()).to(dev)
+                p.tail = lambda r, idx, t=tail: t(r.cpu(), None if idx is None else idx.cpu()).to(dev)
             with torch.device(dev):
-                res = search_matmul(p, opts) if isinstance(p, MatmulProblem) else search_weighted(p, opts)
+                res = self.search(p, opts)
             res = _to(res, "cpu")
             d = LayerDecision(layer=ann.layer, kind=ann.kind, bridge=ann.bridge,
                               weight=res.weight if ann.weight is not None else None,

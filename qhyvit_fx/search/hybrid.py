@@ -152,8 +152,7 @@ def _w_err_direct(p: WeightedLayerProblem, xq: torch.Tensor, wq: torch.Tensor, r
     for a, b in _chunks(wq.shape[0], rows * max(wq.shape[1], out.shape[1]), opts):
         o = p.layer_forward(x, wq[a:b])
         if p.tail is not None:
-            n = o.shape[0]
-            o = p.tail(o.reshape(n * rows, -1)).reshape(n, rows, -1)
+            o = p.tail(o, None)
         d = o - out
         e = (g2 * d * d).sum(-2)
         res.append(e.sum(-1) if p.tail is not None else e)
@@ -303,7 +302,7 @@ def _act_errors(p: WeightedLayerProblem, spec: QSpec, f: torch.Tensor, wq: torch
         for a, b in _chunks(len(f), r * max(x.shape[1], out.shape[1]), opts):
             o = p.layer_forward(_quant_patches(p, x, _slice(qp, a, b)), wq)
             if p.tail is not None:
-                o = p.tail(o.reshape((b - a) * r, -1)).reshape(b - a, r, -1)
+                o = p.tail(o, idx)
             d = o.sub_(out)
             total[a:b] += (d.mul_(d).mul_(g2)).sum((-1, -2))
     return total

@@ -44,8 +44,9 @@ class WeightedLayerProblem:
     weight:  [C, Kg] FP weight (conv weight flattened), C = groups * Cg
     out_fp:  [S, C] FP layer output (bias included)
     grad2:   [S, C] squared dL/dO (or at the bridge output, through ``tail``)
-    tail:    optional callable mapping layer-output rows [R, C] to objective rows
-             [R, C'] (the rest of a bridge block, pointwise); then ``out_fp`` and
+    tail:    optional callable ``(rows [n, r, C], idx) -> [n, r, C']`` mapping candidate
+             layer-output rows (rows ``idx`` of the problem, or the first r when None) to
+             objective rows (the rest of a bridge block, pointwise); then ``out_fp`` and
              ``grad2`` are the bridge output's, [S, C']
     """
 
@@ -92,7 +93,8 @@ class WeightedLayerProblem:
         return out
 
     def objective_rows(self, layer_out: torch.Tensor) -> torch.Tensor:
-        return layer_out if self.tail is None else self.tail(layer_out)
+        """Objective rows for layer-output rows [n, r, C] (the first r rows)."""
+        return layer_out if self.tail is None else self.tail(layer_out, None)
 
 
 @dataclass

@@ -1,0 +1,27 @@
+"""EasyQuant baseline: per-layer scale search maximising output cosine similarity."""
+from __future__ import annotations
+
+import dataclasses
+
+from ..search.easyquant import easyquant
+from .base import register_method
+from .qhyvit import QHyViT
+
+
+@register_method
+class EasyQuant(QHyViT):
+    """Wu et al., "EasyQuant: Post-training quantization via scale optimization" (2020).
+
+    Same calibration data flow as Q-HyViT (float inputs and outputs of every layer on sampled
+    rows); the search replaces the Hessian-guided error with the cosine similarity of the layer's
+    own output, keeps the annotated granularity and scheme, and uses EasyQuant's candidate range
+    [0.5, 1.2] x the MinMax scale (100 candidates) unless the config sets ``alpha``/``beta``."""
+
+    name = "easyquant"
+
+    def __init__(self, config):
+        super().__init__(dataclasses.replace(config, bridge_objective=False, act_cv=False,
+                                             bias_correction=False))
+
+    def search(self, p, opts):
+        return easyquant(p, opts)
