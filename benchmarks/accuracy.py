@@ -28,6 +28,7 @@ from common import CIFAR_MODELS, RESULTS, cached, load, splits, store, write_jso
 # this CPU (per-tensor activations, 7-bit weight codes on AVX2) and are also run through onnxruntime
 VARIANTS = {
     "minmax": dict(method="minmax"),
+    "easyquant": dict(method="easyquant"),
     "qhyvit": dict(method="qhyvit"),
     "qhyvit-paper": dict(method="qhyvit", act_cv=False),
     "qhyvit-fisher": dict(method="qhyvit", grad_source="fisher"),

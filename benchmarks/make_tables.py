@@ -21,7 +21,7 @@ def _f(x, nd=2):
     return "-" if x is None else f"{x:.{nd}f}"
 
 
-def accuracy_tables(acc, variants=("minmax", "qhyvit-paper", "qhyvit"), bits=("w8a8", "w6a6", "w4a8", "w4a4")):
+def accuracy_tables(acc, variants=("minmax", "easyquant", "qhyvit-paper", "qhyvit"), bits=("w8a8", "w6a6", "w4a8", "w4a4")):
     out = []
     for model, rows in acc.items():
         fp = rows.get("float", {}).get("top1")
@@ -128,10 +128,11 @@ def speed_table(sp):
 
 def main():
     acc, dep, sp = _load("accuracy.json"), _load("deploy.json"), _load("speed.json")
+    acc_sub = _load("accuracy-1000.json")     # the onnxruntime runs: 1000-image seeded test subset
     print("## Accuracy (torch fake-quant)\n")
     print(accuracy_tables(acc))
     print("\n## Through onnxruntime's integer kernels\n")
-    print(ort_table(acc))
+    print(ort_table(acc_sub))
     print("\n## Ablation\n")
     print(ablation_table(acc))
     print("\n## Choices\n")
