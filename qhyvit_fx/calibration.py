@@ -242,6 +242,16 @@ def _merge(sts: List[dict]) -> dict:
 class RowCollector(fx.Interpreter):
     """Float pass: sampled rows of layer inputs/outputs and full-range stats."""
 
+    def _folds(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """Cross-validation fold of every entry along dim 0 of ``x``: dim 0 may fold several
+        entries per image (MobileViT: batch * patch area, image-major).  None when there are no
+        folds or dim 0 is not image-major (e.g. a batch-independent tensor): the layer then has
+        no fold statistics and its candidates are scored on all images."""
+        n = self.i1 - self.i0
+        if not self.fold_of.numel() or x.dim() == 0 or x.shape[0] == 0 or x.shape[0] % n:
+            return None
+        return self.fold_of[self.i0:self.i1].repeat_interleave(x.shape[0] // n)
+
     def __init__(self, gm: fx.GraphModule, records: Dict[str, LayerRecord], extra: Dict[str, RowPlan],
                  i0: int, i1: int, fold_of: torch.Tensor):
         super().__init__(gm)
@@ -284,9 +294,8 @@ class RowCollector(fx.Interpreter):
                 axis = None
             rec.inputs[j].append(rows.clone())
             _accumulate(rec.stats[j][-1], x, axis)
-            if self.fold_of.numel():
-                # dim 0 may fold several entries per image (MobileViT: batch * patch area)
-                folds = self.fold_of[self.i0:self.i1].repeat_interleave(x.shape[0] // (self.i1 - self.i0))
+            folds = self._folds(x)
+            if folds is not None:
                 for k in folds.unique().tolist():
                     _accumulate(rec.stats[j][k], x[folds == k], axis)
         rec.out.append(_rows_of(out, rec.plan.kind, idx).clone())
@@ -294,8 +303,8 @@ class RowCollector(fx.Interpreter):
             if not hasattr(rec, "out_stats"):
                 rec.out_stats = [{} for _ in range(len(rec.stats[0]))]
             _accumulate(rec.out_stats[-1], out, None)
-            if self.fold_of.numel():
-                folds = self.fold_of[self.i0:self.i1].repeat_interleave(out.shape[0] // (self.i1 - self.i0))
+            folds = self._folds(out)
+            if folds is not None:
                 for k in folds.unique().tolist():
                     _accumulate(rec.out_stats[k], out[folds == k], None)
 
@@ -452,6 +461,13 @@ def _cat(chunks: List[torch.Tensor]) -> torch.Tensor:
     return torch.cat(chunks) if chunks else torch.empty(0)
 
 
+def _fold_stats(per: List[dict]) -> Optional[List[ActStats]]:
+    """Stats for fold i = the other folds' images merged; None unless every fold has them."""
+    k = len(per) - 1
+    folds = [_stats(_merge([per[o] for o in range(k) if o != i])) for i in range(k)]
+    return None if any(f is None for f in folds) else folds
+
+
 def build_problems(prepared: fx.GraphModule, records: Dict[str, LayerRecord], tails, side_rows, cfg: QConfig):
     """Turn records into FX-free search problems (see :mod:`qhyvit_fx.search.problem`)."""
     probs = {}
@@ -467,7 +483,7 @@ def build_problems(prepared: fx.GraphModule, records: Dict[str, LayerRecord], ta
             st = _stats(per[-1])
             k = len(per) - 1
             if k > 1:   # stats for fold i = the other folds' images merged
-                st.folds = [_stats(_merge([per[o] for o in range(k) if o != i])) for i in range(k)]
+                st.folds = _fold_stats(per)
             stats.append(st)
         fold_of = getattr(rec, "fold_of", torch.empty(0, dtype=torch.long))
         o_stats = None
@@ -475,8 +491,7 @@ def build_problems(prepared: fx.GraphModule, records: Dict[str, LayerRecord], ta
             per = rec.out_stats
             o_stats = _stats(per[-1])
             if len(per) - 1 > 1:
-                o_stats.folds = [_stats(_merge([per[o] for o in range(len(per) - 1) if o != i]))
-                                 for i in range(len(per) - 1)]
+                o_stats.folds = _fold_stats(per)
         specs = [ann.inputs[i] for i in sorted(ann.inputs)]
         if ann.kind == "matmul":
             probs[name] = MatmulProblem(ann.layer, ins[0], ins[1], out, grad, stats, specs)

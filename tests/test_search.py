@@ -176,3 +176,32 @@ def test_bridge_tail_takes_side_inputs_at_the_sampled_rows():
     assert torch.equal(fn(rows, None), torch.relu(rows) * 2 + side[:7])
     idx = torch.tensor([3, 11, 12, 40, 41, 42, 49])
     assert torch.equal(fn(rows, idx), torch.relu(rows) * 2 + side[idx])
+
+
+class _TokenMajor(torch.nn.Module):
+    """A linear layer on token-major tokens [T, B, C] (Mobile-Former's layout, T=3 < batch): dim 0
+    is not image-major, so its input has no per-image cross-validation folds."""
+
+    def __init__(self):
+        super().__init__()
+        self.tokens = torch.nn.Parameter(torch.randn(3, 1, 8))
+        self.proj = torch.nn.Linear(8, 8)
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.head = torch.nn.Linear(8, 5)
+
+    def forward(self, x):
+        f = self.conv(x).mean((2, 3))                           # [B, 8]
+        t = self.proj(self.tokens + f.unsqueeze(0))             # [3, B, 8]
+        return self.head(t.mean(0))
+
+
+def test_search_handles_token_major_inputs_with_cross_validation():
+    torch.manual_seed(0)
+    m = _TokenMajor().eval()
+    x = torch.randn(8, 3, 12, 12)
+    cfg = q.QConfig(w_bits=4, a_bits=4, method="qhyvit", act_cv=True, cv_folds=4, calib_batch=4, progress=False)
+    pm = q.prepare(m, x[:1], cfg)
+    q.calibrate(pm, x)
+    dec = pm.meta["qhyvit_decisions"]
+    assert sorted(dec.layers) == ["conv", "head", "proj"]
+    assert all(d.error["after"] <= d.error["before"] + 1e-9 for d in dec.layers.values())
