@@ -158,6 +158,17 @@ def _eval_models(models, folder, pre, classes, limit, seed, skip_bad, progress=T
     return compare(models, loader(ds, 100), "float", progress=progress, total=(len(ds) + 99) // 100), len(ds)
 
 
+
+def _ort_opt(cfg) -> bool:
+    """Graph optimisations (integer kernels) only for deployment graphs: with --target fakequant
+    activations may be per-channel, which onnxruntime's fused MatMulIntegerToFloat rejects at run
+    time; unoptimised, onnxruntime runs the QDQ graph as float ops (the fake-quant numbers)."""
+    return cfg.target == "ort"
+
+
+def _ort_label(cfg) -> str:
+    return "(onnxruntime)" if _ort_opt(cfg) else "(onnxruntime, QDQ in float)"
+
 def _print_metrics(res, out=None):
     out = out or sys.stdout
     w = max(22, max(len(m.name) for m in res.values()))
@@ -228,7 +239,7 @@ def cmd_quantize(args) -> int:
         metrics = None
         if job.eval and not args.no_eval:
             models = {"float": lm.model, f"{cfg.method} {args.bits} (torch)": qm,
-                      f"{cfg.method} {args.bits} (onnxruntime)": ort_callable(onnx_path)}
+                      f"{cfg.method} {args.bits} {_ort_label(cfg)}": ort_callable(onnx_path, optimize=_ort_opt(cfg))}
             res, n = _eval_models(models, job.eval, pre, lm.meta.get("classes"), args.eval_images, args.seed,
                                   args.skip_bad_images)
             log(f"accuracy on {n} images from {job.eval}:")
@@ -258,7 +269,7 @@ def cmd_eval(args) -> int:
         tmpdir = tempfile.mkdtemp(prefix="qhyvit-eval-")
         path = os.path.join(tmpdir, "model.onnx")
         export_onnx(qm, path)
-        models[f"{cfg.method} {args.bits} (onnxruntime)"] = ort_callable(path)
+        models[f"{cfg.method} {args.bits} {_ort_label(cfg)}"] = ort_callable(path, optimize=_ort_opt(cfg))
     try:
         res, n = _eval_models(models, job.eval, pre, lm.meta.get("classes"), args.eval_images, args.seed,
                               args.skip_bad_images)

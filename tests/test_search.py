@@ -205,3 +205,18 @@ def test_search_handles_token_major_inputs_with_cross_validation():
     dec = pm.meta["qhyvit_decisions"]
     assert sorted(dec.layers) == ["conv", "head", "proj"]
     assert all(d.error["after"] <= d.error["before"] + 1e-9 for d in dec.layers.values())
+
+
+def test_grouped_layer_forward_with_candidate_weights():
+    """Grouped (not depthwise) convs, as in Mobile-Former: candidate-batched weights [n, C, Kg]
+    against unbatched patch rows [S, K] give [n, S, C], equal to one matmul per group."""
+    from qhyvit_fx.search.problem import ActStats, WeightedLayerProblem
+    from qhyvit_fx.quantizer import QSpec
+    g, S, Cg, Kg, n = 2, 5, 3, 4, 6
+    x, w = torch.randn(S, g * Kg), torch.randn(n, g * Cg, Kg)
+    p = WeightedLayerProblem("c", x, w[0], None, torch.zeros(S, g * Cg), torch.ones(S, g * Cg), g,
+                             torch.arange(g * Kg), ActStats(x.min(), x.max()), QSpec(bits=8), QSpec(bits=8))
+    out = p.layer_forward(x, w)
+    assert out.shape == (n, S, g * Cg)
+    want = torch.cat([x[:, i * Kg:(i + 1) * Kg] @ w[:, i * Cg:(i + 1) * Cg].transpose(-1, -2) for i in range(g)], -1)
+    assert torch.allclose(out, want, atol=1e-5)

@@ -87,7 +87,8 @@ class WeightedLayerProblem:
             if C // g == 1:   # depthwise: one output channel per group
                 out = (xg * wg.squeeze(-2).unsqueeze(-3)).sum(-1)
             else:
-                out = torch.einsum("...sgk,...gck->...sgc", xg, wg).reshape(xg.shape[:-2] + (C,))
+                out = torch.einsum("...sgk,...gck->...sgc", xg, wg)
+                out = out.reshape(out.shape[:-2] + (C,))       # leading dims: broadcast of x's and w's
         if self.bias is not None:
             out = out + self.bias
         return out
