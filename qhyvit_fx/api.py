@@ -115,6 +115,7 @@ def decide(qm: fx.GraphModule) -> Decisions:
         if images is None:
             raise CalibrationError("no calibration images were recorded; run data through the prepared model")
     decisions = method.decide(qm, images)
+    _tie_output_quantizers(qm, decisions)
     decisions.meta.setdefault("method", config.method)
     decisions.meta["w_bits"], decisions.meta["a_bits"] = config.w_bits, config.a_bits
     decisions.meta["target"] = config.target
@@ -122,6 +123,35 @@ def decide(qm: fx.GraphModule) -> Decisions:
     decisions.meta["weight_range_bits"] = config.weight_range_bits
     decisions.meta["calib_images"] = int(images.shape[0]) if images is not None else qm.meta.get("qhyvit_calib_count")
     return decisions
+
+
+def _tie_output_quantizers(qm: fx.GraphModule, decisions: Decisions) -> None:
+    """A layer output quantizer whose tensor feeds only input quantizers of other layers takes
+    their parameters when they agree.  Two different quantizers back to back on one tensor
+    (Q1 DQ1 Q2 DQ2) make onnxruntime merge the pair and, where a layout op lands in between,
+    leave the layer in float; with equal parameters the second pair is an exact no-op."""
+    from .passes.annotate import ANNOTATION, quantized_layers
+    owner = {}
+    for n in quantized_layers(qm):
+        ann = n.meta[ANNOTATION]
+        for slot, obs in ann.observers.items():
+            owner[obs] = (ann.layer, slot)
+    for node in qm.graph.nodes:
+        layer, slot = owner.get(node.target, (None, None)) if node.op == "call_module" else (None, None)
+        if slot != "out" or layer not in decisions.layers or not node.users:
+            continue
+        targets = [owner.get(u.target) if u.op == "call_module" else None for u in node.users]
+        if any(t is None or not t[1].startswith("in") or t[0] not in decisions.layers for t in targets):
+            continue
+        qps = [decisions.layers[l].inputs.get(int(sl[2:])) for l, sl in targets]
+        first = qps[0]
+        if first is None or any(q is None or q.spec != first.spec or not torch.equal(q.scale, first.scale)
+                                or not torch.equal(q.zero_point, first.zero_point) for q in qps[1:]):
+            continue
+        d = decisions.layers[layer]
+        if d.output is not None and d.output.spec == first.spec and first.scale.numel() == 1:
+            d.output = first
+            d.info["output_tied_to"] = f"{targets[0][0]} input {targets[0][1][2:]}"
 
 
 def convert(qm: fx.GraphModule, decisions: Union[None, str, dict, Decisions] = None) -> fx.GraphModule:

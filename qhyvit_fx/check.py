@@ -172,6 +172,7 @@ def check_onnx(path: str, keep_optimized: Optional[str] = None) -> CheckReport:
     for n in opt.graph.node:
         for i in n.input:
             reader.setdefault(i, []).append(n)
+    writer = {o: n for n in opt.graph.node for o in n.output}
     optimized_ops: Dict[str, int] = {}
     for n in opt.graph.node:
         optimized_ops[n.op_type] = optimized_ops.get(n.op_type, 0) + 1
@@ -179,15 +180,21 @@ def check_onnx(path: str, keep_optimized: Optional[str] = None) -> CheckReport:
     for node in model.graph.node:
         if node.op_type not in COMPUTE:
             continue
-        x = node.input[0]
-        p = producers.get(x)
-        keys = [x]
-        if p is not None and p.op_type == "DequantizeLinear":
-            keys.insert(0, p.input[0])           # the quantized tensor an integer kernel reads
         w = _weight_init(node, producers, inits)
-        if w is not None:
-            keys.insert(0, w)                    # onnxruntime keeps weight initializer names
-        kernel = _kernel_reading(keys, reader) or "unknown"
+        keys = [w] if w is not None else []      # onnxruntime keeps weight initializer names
+        for x in node.input[:2]:
+            if x in inits or x == w or (producers.get(x) is not None and producers[x].op_type == "DequantizeLinear"
+                                        and producers[x].input[0] == w):
+                continue
+            p = producers.get(x)
+            if p is not None and p.op_type == "DequantizeLinear":
+                keys.append(p.input[0])          # the quantized tensor an integer kernel reads
+            keys.append(x)
+        # the op writing this op's (float) output, e.g. MatMulIntegerToFloat when the quantized
+        # input's name changed in a fusion upstream (QLinearSoftmax in front of attn @ v)
+        wr = writer.get(node.output[0])
+        kernel = _kernel_reading(keys, reader) or (wr.op_type if wr is not None and (
+            wr.op_type in INTEGER_OPS or wr.op_type in FLOAT_COMPUTE) else None) or "unknown"
         integer = kernel in INTEGER_OPS
         reason = "" if integer else _float_reason(node, producers, consumers, inits)
         rep.ops.append(OpReport(_display_name(node, w, producers), node.op_type, _macs(node, shapes), kernel, integer,

@@ -50,6 +50,7 @@ def test_ort_target_decisions_fit_the_kernels(tiny, tiny_images):
     assert with_out == {d.layer for d in dec.layers.values() if d.kind == "conv"} | {"head"}
 
 
+
 def test_check_reports_float_islands_with_reasons(tmp_path, tiny, tiny_images, capsys):
     _, path = _export(tmp_path, tiny, tiny_images)          # fake-quant target: no Q on conv outputs
     rep = check_onnx(path)
@@ -69,3 +70,37 @@ def test_check_rejects_non_onnx(tmp_path, capsys):
     p.write_bytes(b"nope")
     assert cli.main(["check", str(p)]) == 2
     assert "cannot load" in capsys.readouterr().err
+
+
+class _Bottleneck(torch.nn.Module):
+    """A linear bottleneck straight into the next conv (MobileNet/MobileViT-v2 stages): conv output
+    and next conv input are the same tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 16, 3, 2, 1)
+        self.b = torch.nn.Conv2d(16, 8, 1)                      # no activation after b
+        self.c = torch.nn.Conv2d(8, 8, 3, 1, 1, groups=8)
+        self.head = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.c(self.b(torch.relu(self.a(x))))
+        return self.head(torch.relu(x).mean((2, 3)))
+
+
+def test_output_quantizer_feeding_an_input_quantizer_is_tied(tmp_path, tiny_images):
+    torch.manual_seed(0)
+    m = _Bottleneck().eval()
+    cfg = dict(method="qhyvit", target="ort", weight_range_bits=7, progress=False)
+    pm = q.prepare(m, tiny_images[:1], q.QConfig(**cfg))
+    q.calibrate(pm, tiny_images)
+    dec = pm.meta["qhyvit_decisions"]
+    assert dec.layers["b"].info.get("output_tied_to") == "c input 0"
+    assert "output_tied_to" not in dec.layers["a"].info            # a's output goes through relu
+    ob, ic = dec.layers["b"].output, dec.layers["c"].inputs[0]
+    assert torch.equal(ob.scale, ic.scale) and torch.equal(ob.zero_point, ic.zero_point)
+    qm = q.convert(pm)
+    path = str(tmp_path / "b.onnx")
+    export_onnx(qm, path)
+    rep = check_onnx(path)
+    assert rep.integer_count == len(rep.ops) == 4
