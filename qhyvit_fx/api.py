@@ -125,6 +125,15 @@ def decide(qm: fx.GraphModule) -> Decisions:
     return decisions
 
 
+def _shape_only(user: fx.Node) -> bool:
+    """A use that reads the tensor's shape, not its values (``x.shape``, ``x.size()``, ``x.dim()``)."""
+    import operator
+    if user.op == "call_function" and user.target in (getattr, operator.getitem) and \
+            len(user.args) > 1 and user.args[1] in ("shape", "dtype", "device"):
+        return True
+    return user.op == "call_method" and user.target in ("size", "dim")
+
+
 def _tie_output_quantizers(qm: fx.GraphModule, decisions: Decisions) -> None:
     """A layer output quantizer whose tensor feeds only input quantizers of other layers takes
     their parameters when they agree.  Two different quantizers back to back on one tensor
@@ -140,7 +149,10 @@ def _tie_output_quantizers(qm: fx.GraphModule, decisions: Decisions) -> None:
         layer, slot = owner.get(node.target, (None, None)) if node.op == "call_module" else (None, None)
         if slot != "out" or layer not in decisions.layers or not node.users:
             continue
-        targets = [owner.get(u.target) if u.op == "call_module" else None for u in node.users]
+        users = [u for u in node.users if not _shape_only(u)]
+        if not users:
+            continue
+        targets = [owner.get(u.target) if u.op == "call_module" else None for u in users]
         if any(t is None or not t[1].startswith("in") or t[0] not in decisions.layers for t in targets):
             continue
         qps = [decisions.layers[l].inputs.get(int(sl[2:])) for l, sl in targets]
