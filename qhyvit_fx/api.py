@@ -16,6 +16,7 @@ from .passes.annotate import annotate
 from .passes.cleanup import remove_noops
 from .passes.convert import RECORDER, convert_graph
 from .passes.fold_bn import fold_batchnorm
+from .passes.functional_conv import functional_convs_to_modules
 from .passes.insert_observers import insert_observers
 from .patterns.bridges import tag_bridges
 
@@ -46,6 +47,7 @@ def prepare(model: torch.nn.Module, example_inputs: Any, config: Optional[QConfi
     model = copy.deepcopy(model).eval()
     gm = capture(model, example)
     gm = remove_noops(gm)
+    gm = functional_convs_to_modules(gm)
     gm = fold_batchnorm(gm)
     gm = tag_bridges(gm)
     gm = annotate(gm, config)

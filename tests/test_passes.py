@@ -97,3 +97,25 @@ def test_weight_range_bits_limits_codes(tiny, tiny_images):
     for m in qm.modules():
         if isinstance(m, (QuantConv2d, QuantLinear)):
             assert m.w_spec.bits == 7 and int(m.weight_int.abs().max()) <= 64
+
+
+def test_functional_same_padding_convs_become_quantizable_modules():
+    """timm's Conv2dSame (TF 'same' padding, used by tf_* models) calls conv2d itself: the pass
+    turns it into an nn.Conv2d module so it is quantized like any other conv, bit-exactly."""
+    import timm
+    from qhyvit_fx.passes.annotate import quantized_layers
+    from qhyvit_fx.passes.functional_conv import functional_convs_to_modules
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(timm.layers.Conv2dSame(3, 8, 3, stride=2), torch.nn.ReLU(),
+                            timm.layers.Conv2dSame(8, 4, 3, stride=2, groups=4, bias=False)).eval()
+    x = torch.randn(2, 3, 15, 15)
+    gm = q.capture(m, (x[:1],))
+    gm = functional_convs_to_modules(gm)
+    mods = [n.target for n in gm.graph.nodes if n.op == "call_module"
+            and type(gm.get_submodule(n.target)) is torch.nn.Conv2d]
+    assert mods == ["0", "2"]
+    assert not [n for n in gm.graph.nodes if n.op == "call_function" and "conv2d" in str(n.target)]
+    with torch.no_grad():
+        assert torch.equal(gm(x), m(x))
+    pm = q.prepare(m, (x[:1],), q.QConfig())
+    assert [n.meta["qhyvit_quant"].layer for n in quantized_layers(pm)] == ["0", "2"]
