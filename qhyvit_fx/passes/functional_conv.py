@@ -22,6 +22,12 @@ def _pair(v):
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
+def _shape_read(u: fx.Node) -> bool:
+    if u.op == "call_function" and u.target is getattr and len(u.args) == 2 and u.args[1] == "shape":
+        return True
+    return u.op == "call_method" and u.target == "size"
+
+
 def functional_convs_to_modules(gm: fx.GraphModule) -> fx.GraphModule:
     changed = False
     for node in list(gm.graph.nodes):
@@ -42,6 +48,17 @@ def functional_convs_to_modules(gm: fx.GraphModule) -> fx.GraphModule:
                                                _pair(stride) + _pair(padding) + _pair(dilation) + (groups,)):
             continue
         weight = gm.get_parameter(w.target)
+        # the layer may read its weight's shape (Conv2dSame computes its padding from it): such
+        # reads become constants, any other use of the weight keeps the call functional
+        others = [u for u in w.users if u is not node]
+        if not all(_shape_read(u) for u in others):
+            continue
+        for u in others:
+            value = tuple(weight.shape) if u.op == "call_function" else weight.size(*u.args[1:])
+            for v in list(u.users):
+                v.args = fx.node.map_arg(v.args, lambda a, u=u, value=value: value if a is u else a)
+                v.kwargs = fx.node.map_arg(v.kwargs, lambda a, u=u, value=value: value if a is u else a)
+            gm.graph.erase_node(u)
         bias = gm.get_parameter(b.target) if b is not None else None
         owner = w.target[: -len(".weight")]
         conv = nn.Conv2d(weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]), stride=_pair(stride),
