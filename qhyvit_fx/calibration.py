@@ -526,5 +526,5 @@ def build_problems(prepared: fx.GraphModule, records: Dict[str, LayerRecord], ta
             act_stats=stats[0], w_spec=ann.weight, a_spec=specs[0],
             act_per_channel_ok=ann.input_axes.get(0) is not None, tail=tail_fn, layer_out_fp=layer_out,
             row_fold=fold_of[plan_rows.index // plan_rows.per_image] if fold_of.numel() else None,
-            o_spec=ann.output, o_stats=o_stats)
+            o_spec=None if ann.output_after else ann.output, o_stats=o_stats)
     return probs, info

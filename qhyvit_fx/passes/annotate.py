@@ -28,6 +28,7 @@ class QuantAnnotation:
     input_axes: Dict[int, Optional[int]]        # channel axis allowed for per-channel (None: per-tensor only)
     output: Optional[QSpec] = None              # output quantizer (deployment graphs)
     output_axis: Optional[int] = None
+    output_after: Optional[str] = None          # node the output quantizer follows (a ReLU / ReLU6), else the layer
     bridge: Optional[int] = None                # bridge block id, if a member
     bridge_role: Optional[str] = None
     observers: Dict[str, str] = field(default_factory=dict)   # 'in0' / 'out' -> submodule name
@@ -40,6 +41,30 @@ class QuantAnnotation:
 def _rank(node: fx.Node) -> Optional[int]:
     tm = node.meta.get("tensor_meta")
     return len(tm.shape) if tm is not None and hasattr(tm, "shape") else None
+
+
+def _clipping_activation(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
+    """The ReLU / ReLU6 that is the only user of ``node``, if any.  The output quantizer then goes
+    after it (as onnxruntime's own quantizer places it): onnxruntime drops a Relu / Clip in front
+    of a QuantizeLinear whose range it implies and fuses conv + Q into QLinearConv, while the
+    quantizer only has to cover [0, max] instead of the wide pre-activation range (depthwise convs
+    of MobileNet-style stages lose several points otherwise)."""
+    import torch
+    import torch.nn.functional as F
+    users = list(node.users)
+    if len(users) != 1:
+        return None
+    u = users[0]
+    if u.op == "call_module":
+        m = gm.get_submodule(u.target)
+        ok = isinstance(m, (nn.ReLU, nn.ReLU6)) or (isinstance(m, nn.Hardtanh) and m.min_val == 0.0)
+    elif u.op == "call_function":
+        ok = u.target in (F.relu, F.relu6, torch.relu)
+    elif u.op == "call_method":
+        ok = u.target == "relu"
+    else:
+        ok = False
+    return u.name if ok else None
 
 
 def quantized_layers(gm: fx.GraphModule) -> List[fx.Node]:
@@ -97,11 +122,14 @@ def annotate(gm: fx.GraphModule, config: QConfig) -> fx.GraphModule:
         # attention matmuls get no extra output quantizer
         r = _rank(node)
         needs_out = k == Kind.CONV or (k == Kind.LINEAR and r == 2)
+        after = None
         if config.quantize_outputs or (ort and needs_out):
             out_spec = config.act_spec(a_bits).with_(per_channel=False, axis=0)
+            after = _clipping_activation(gm, node)
         b = node.meta.get("qhyvit_bridge")
         node.meta[ANNOTATION] = QuantAnnotation(
             layer=name, kind=k.value, weight=wspec, inputs=inputs, input_axes=axes, output=out_spec,
-            output_axis=out_axis, bridge=b["id"] if b else None, bridge_role=b["role"] if b else None)
+            output_axis=out_axis, output_after=after, bridge=b["id"] if b else None,
+            bridge_role=b["role"] if b else None)
     gm.meta["qhyvit_config"] = config
     return gm

@@ -43,11 +43,12 @@ def insert_observers(gm: fx.GraphModule, record_images: int = 0) -> fx.GraphModu
         if ann.output is not None:
             name = _module_name(ann.layer, "out")
             gm.add_submodule(name, ActObserver(axis=ann.output_axis))
-            with g.inserting_after(node):
-                obs = g.call_module(name, (node,))
-            obs.meta["tensor_meta"] = node.meta.get("tensor_meta")
+            src = next((n for n in g.nodes if n.name == ann.output_after), node) if ann.output_after else node
+            with g.inserting_after(src):
+                obs = g.call_module(name, (src,))
+            obs.meta["tensor_meta"] = src.meta.get("tensor_meta")
             obs.meta["qhyvit_observer"] = {"layer": ann.layer, "slot": "out"}
-            node.replace_all_uses_with(obs, delete_user_cb=lambda u: u is not obs)
+            src.replace_all_uses_with(obs, delete_user_cb=lambda u: u is not obs)
             ann.observers["out"] = name
     g.lint()
     gm.recompile()
