@@ -142,9 +142,10 @@ def _tie_output_quantizers(qm: fx.GraphModule, decisions: Decisions) -> None:
     (Q1 DQ1 Q2 DQ2) make onnxruntime merge the pair and, where a layout op lands in between,
     leave the layer in float; with equal parameters the second pair is an exact no-op."""
     from .passes.annotate import ANNOTATION, quantized_layers
-    owner = {}
+    owner, clipped = {}, {}
     for n in quantized_layers(qm):
         ann = n.meta[ANNOTATION]
+        clipped[ann.layer] = ann.output_after is not None
         for slot, obs in ann.observers.items():
             owner[obs] = (ann.layer, slot)
     for node in qm.graph.nodes:
@@ -163,7 +164,16 @@ def _tie_output_quantizers(qm: fx.GraphModule, decisions: Decisions) -> None:
                                 or not torch.equal(q.zero_point, first.zero_point) for q in qps[1:]):
             continue
         d = decisions.layers[layer]
-        if d.output is not None and d.output.spec == first.spec and first.scale.numel() == 1:
+        if d.output is None or d.output.spec != first.spec or first.scale.numel() != 1:
+            continue
+        if clipped.get(layer):
+            # the output quantizer follows a ReLU/ReLU6 and must stay inside its range for
+            # onnxruntime to fold the activation into the integer conv: the consumers take it
+            for l, sl in targets:
+                decisions.layers[l].inputs[int(sl[2:])] = d.output
+                decisions.layers[l].info[f"input_{sl[2:]}_tied_to"] = f"{layer} output"
+            d.info["output_tied_to"] = f"{targets[0][0]} input {targets[0][1][2:]} (theirs set to ours)"
+        else:
             d.output = first
             d.info["output_tied_to"] = f"{targets[0][0]} input {targets[0][1][2:]}"
 

@@ -100,7 +100,9 @@ def test_output_quantizer_feeding_an_input_quantizer_is_tied(tmp_path, tiny_imag
     # that tensor feeds b directly, so it is tied as well; c's output goes to relu and then a mean
     ann = {n.meta["qhyvit_quant"].layer: n.meta["qhyvit_quant"] for n in pm.graph.nodes if "qhyvit_quant" in n.meta}
     assert ann["a"].output_after is not None and ann["b"].output_after is None and ann["c"].output_after is not None
-    assert dec.layers["a"].info.get("output_tied_to") == "b input 0"
+    assert dec.layers["a"].info.get("output_tied_to") == "b input 0 (theirs set to ours)"
+    oa, ib = dec.layers["a"].output, dec.layers["b"].inputs[0]
+    assert torch.equal(oa.scale, ib.scale) and torch.equal(oa.zero_point, ib.zero_point) and int(oa.zero_point) == 0
     assert "output_tied_to" not in dec.layers["c"].info
     ob, ic = dec.layers["b"].output, dec.layers["c"].inputs[0]
     assert torch.equal(ob.scale, ic.scale) and torch.equal(ob.zero_point, ic.zero_point)
