@@ -30,6 +30,23 @@ def parse_bits(text: str) -> Tuple[int, int]:
     return w, a
 
 
+def check_device(name: str):
+    """The torch.device for ``--device``: cpu, or cuda when torch sees a GPU (else a ConfigError).
+    The search is exact arithmetic on either device, but CUDA reductions add in another order than
+    the CPU's, so two candidates whose objectives differ by float rounding may swap: decisions equal
+    the CPU's up to the 2 % objective tie tolerance of tests/test_search.py."""
+    import torch
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device '{name}' is not supported; use cpu or cuda")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' was asked for but torch sees no CUDA GPU; use --device cpu")
+    return dev
+
+
 @dataclass
 class QConfig:
     """What to quantize and how.
@@ -105,12 +122,7 @@ class QConfig:
             raise ConfigError("calib_images must be at least 1")
         if self.weight_range_bits is not None and not 2 <= self.weight_range_bits <= 8:
             raise ConfigError("weight_range_bits must be between 2 and 8")
-        if not (self.device == "cpu" or str(self.device).startswith("cuda")):
-            raise ConfigError(f"device '{self.device}' is not supported; use cpu or cuda")
-        if str(self.device).startswith("cuda"):
-            import torch
-            if not torch.cuda.is_available():
-                raise ConfigError(f"device '{self.device}' was asked for but torch sees no CUDA GPU; use --device cpu")
+        check_device(self.device)
         if self.grad_source not in ("kl", "fisher"):
             raise ConfigError(f"grad_source={self.grad_source!r} is not one of kl, fisher")
         if self.rounds < 1 or self.n_candidates < 1:

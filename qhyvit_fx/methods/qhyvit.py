@@ -8,6 +8,7 @@ import torch
 import torch.fx as fx
 
 from ..calibration import build_problems, collect
+from ..config import check_device as search_device
 from ..decisions import Decisions, LayerDecision
 from ..passes.annotate import ANNOTATION, quantized_layers
 from ..passes.convert import convert_graph
@@ -16,20 +17,6 @@ from ..search.hybrid import search_matmul, search_weighted
 from ..search.problem import MatmulProblem, SearchOptions
 from .base import Method, register_method
 from .minmax import MinMax
-
-
-def search_device(name: str) -> torch.device:
-    """The device the search runs on.  The search is exact arithmetic on either device, but CUDA
-    reductions add in another order than the CPU's, so two candidates whose objectives differ by
-    float rounding may swap: decisions equal the CPU's up to the 2 % objective tie tolerance of
-    tests/test_search.py."""
-    from ..config import ConfigError
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device '{name}' was asked for but torch sees no CUDA GPU; use --device cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device '{name}' is not supported; use cpu or cuda")
-    return dev
 
 
 def _to(obj, dev):
