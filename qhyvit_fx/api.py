@@ -127,21 +127,13 @@ def decide(qm: fx.GraphModule) -> Decisions:
     return decisions
 
 
-def _shape_only(user: fx.Node) -> bool:
-    """A use that reads the tensor's shape, not its values (``x.shape``, ``x.size()``, ``x.dim()``)."""
-    import operator
-    if user.op == "call_function" and user.target in (getattr, operator.getitem) and \
-            len(user.args) > 1 and user.args[1] in ("shape", "dtype", "device"):
-        return True
-    return user.op == "call_method" and user.target in ("size", "dim")
-
-
 def _tie_output_quantizers(qm: fx.GraphModule, decisions: Decisions) -> None:
     """A layer output quantizer whose tensor feeds only input quantizers of other layers takes
     their parameters when they agree.  Two different quantizers back to back on one tensor
     (Q1 DQ1 Q2 DQ2) make onnxruntime merge the pair and, where a layout op lands in between,
     leave the layer in float; with equal parameters the second pair is an exact no-op."""
     from .passes.annotate import ANNOTATION, quantized_layers
+    from .patterns.kinds import metadata_read
     owner, clipped = {}, {}
     for n in quantized_layers(qm):
         ann = n.meta[ANNOTATION]
@@ -152,7 +144,7 @@ def _tie_output_quantizers(qm: fx.GraphModule, decisions: Decisions) -> None:
         layer, slot = owner.get(node.target, (None, None)) if node.op == "call_module" else (None, None)
         if slot != "out" or layer not in decisions.layers or not node.users:
             continue
-        users = [u for u in node.users if not _shape_only(u)]
+        users = [u for u in node.users if metadata_read(u) is None]
         if not users:
             continue
         targets = [owner.get(u.target) if u.op == "call_module" else None for u in users]

@@ -13,7 +13,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from ..config import QConfig
-from ..patterns.kinds import Kind, classify, layer_name, node_module
+from ..patterns.kinds import Kind, classify, layer_name, node_module, rank
 from ..quantizer import QSpec
 
 ANNOTATION = "qhyvit_quant"
@@ -36,11 +36,6 @@ class QuantAnnotation:
     @property
     def a_bits(self) -> int:
         return next(iter(self.inputs.values())).bits if self.inputs else 0
-
-
-def _rank(node: fx.Node) -> Optional[int]:
-    tm = node.meta.get("tensor_meta")
-    return len(tm.shape) if tm is not None and hasattr(tm, "shape") else None
 
 
 def _clipping_activation(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
@@ -104,7 +99,7 @@ def annotate(gm: fx.GraphModule, config: QConfig) -> fx.GraphModule:
             wspec = None
         else:
             idxs = [0]
-            r = _rank(node.args[0])
+            r = rank(node.args[0])
             axes = {0: None if ort or r is None else (1 if k == Kind.CONV else r - 1)}
             wspec = config.weight_spec(w_bits)
             if ort and not wspec.symmetric:
@@ -120,7 +115,7 @@ def annotate(gm: fx.GraphModule, config: QConfig) -> fx.GraphModule:
         # onnxruntime's QLinearConv and QGemm need Q/DQ on the op output too; its matmul kernels
         # (MatMulIntegerToFloat, QLinearMatMul) run in integers without one, so token linears and
         # attention matmuls get no extra output quantizer
-        r = _rank(node)
+        r = rank(node)
         needs_out = k == Kind.CONV or (k == Kind.LINEAR and r == 2)
         after = None
         if config.quantize_outputs or (ort and needs_out):

@@ -15,17 +15,13 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..patterns.kinds import metadata_read
+
 _CONV2D = (torch.conv2d, F.conv2d)
 
 
 def _pair(v):
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
-
-
-def _shape_read(u: fx.Node) -> bool:
-    if u.op == "call_function" and u.target is getattr and len(u.args) == 2 and u.args[1] == "shape":
-        return True
-    return u.op == "call_method" and u.target == "size"
 
 
 def functional_convs_to_modules(gm: fx.GraphModule) -> fx.GraphModule:
@@ -51,10 +47,10 @@ def functional_convs_to_modules(gm: fx.GraphModule) -> fx.GraphModule:
         # the layer may read its weight's shape (Conv2dSame computes its padding from it): such
         # reads become constants, any other use of the weight keeps the call functional
         others = [u for u in w.users if u is not node]
-        if not all(_shape_read(u) for u in others):
+        if not all(metadata_read(u) in ("shape", "size") for u in others):
             continue
         for u in others:
-            value = tuple(weight.shape) if u.op == "call_function" else weight.size(*u.args[1:])
+            value = tuple(weight.shape) if metadata_read(u) == "shape" else weight.size(*u.args[1:])
             for v in list(u.users):
                 v.args = fx.node.map_arg(v.args, lambda a, u=u, value=value: value if a is u else a)
                 v.kwargs = fx.node.map_arg(v.kwargs, lambda a, u=u, value=value: value if a is u else a)

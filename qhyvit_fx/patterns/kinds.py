@@ -204,16 +204,16 @@ def build_kind_graph(gm: fx.GraphModule) -> nx.DiGraph:
             # extend a reshape chain that has no other consumer yet
             rep[node.name] = ins[0]
             g.nodes[ins[0]]["members"].append(node.name)
-            g.nodes[ins[0]]["rank"] = _rank(node)
+            g.nodes[ins[0]]["rank"] = rank(node)
             continue
         if is_pass_through(kind, len(ins)):
             rep[node.name] = ins[0]
             g.nodes[ins[0]].setdefault("absorbed", []).append(node.name)
             continue
-        attrs = {"kind": kind.value, "members": [node.name], "rank": _rank(node)}
+        attrs = {"kind": kind.value, "members": [node.name], "rank": rank(node)}
         act_in = [a for a in tensor_inputs(node) if a in live]
         if act_in:
-            attrs["in_rank"] = _rank(act_in[0])
+            attrs["in_rank"] = rank(act_in[0])
         m = node_module(gm, node)
         if m is not None:
             attrs["module"] = node.target
@@ -229,9 +229,21 @@ def build_kind_graph(gm: fx.GraphModule) -> nx.DiGraph:
     return g
 
 
-def _rank(node: fx.Node) -> Optional[int]:
+def rank(node: fx.Node) -> Optional[int]:
+    """Rank of the tensor ``node`` produces (from the capture's tensor_meta), or None."""
     tm = node.meta.get("tensor_meta")
     return len(tm.shape) if tm is not None and hasattr(tm, "shape") else None
+
+
+def metadata_read(user: fx.Node) -> Optional[str]:
+    """What a use of a tensor reads when it reads only metadata, not values: ``"shape"``,
+    ``"dtype"``, ``"device"`` (``x.shape`` ...), ``"size"`` or ``"dim"`` (``x.size()`` ...); else None."""
+    if user.op == "call_function" and user.target is getattr and len(user.args) == 2 \
+            and user.args[1] in ("shape", "dtype", "device"):
+        return user.args[1]
+    if user.op == "call_method" and user.target in ("size", "dim"):
+        return user.target
+    return None
 
 
 def quantizable_nodes(gm: fx.GraphModule) -> List[fx.Node]:
