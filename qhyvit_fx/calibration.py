@@ -299,7 +299,7 @@ class RowCollector(fx.Interpreter):
                 for k in folds.unique().tolist():
                     _accumulate(rec.stats[j][k], x[folds == k], axis)
         rec.out.append(_rows_of(out, rec.plan.kind, idx).clone())
-        if ann.output is not None:
+        if searches_output(ann):
             if not hasattr(rec, "out_stats"):
                 rec.out_stats = [{} for _ in range(len(rec.stats[0]))]
             _accumulate(rec.out_stats[-1], out, None)
@@ -461,6 +461,12 @@ def _cat(chunks: List[torch.Tensor]) -> torch.Tensor:
     return torch.cat(chunks) if chunks else torch.empty(0)
 
 
+def searches_output(ann: QuantAnnotation) -> bool:
+    """The output quantizer is searched when it sits on the layer's own output; after a ReLU/ReLU6
+    it keeps its MinMax range (the search's rows are the layer's pre-activation outputs)."""
+    return ann.output is not None and ann.output_after is None
+
+
 def _fold_stats(per: List[dict]) -> Optional[List[ActStats]]:
     """Stats for fold i = the other folds' images merged; None unless every fold has them."""
     k = len(per) - 1
@@ -526,5 +532,5 @@ def build_problems(prepared: fx.GraphModule, records: Dict[str, LayerRecord], ta
             act_stats=stats[0], w_spec=ann.weight, a_spec=specs[0],
             act_per_channel_ok=ann.input_axes.get(0) is not None, tail=tail_fn, layer_out_fp=layer_out,
             row_fold=fold_of[plan_rows.index // plan_rows.per_image] if fold_of.numel() else None,
-            o_spec=None if ann.output_after else ann.output, o_stats=o_stats)
+            o_spec=ann.output if searches_output(ann) else None, o_stats=o_stats)
     return probs, info

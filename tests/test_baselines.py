@@ -43,7 +43,7 @@ def test_easyquant_activation_step_is_the_argmax_over_candidates():
     # with the weight at MinMax, brute force over every activation candidate
     lo, hi = channel_minmax(p.weight, 0)
     wq = H._weight_cands(p.weight, params_from_range(lo, hi, p.w_spec))
-    f = EQ._fracs(opts)
+    f = H._fractions(opts)
     best, best_f = -2.0, None
     for fi in f:
         qp = params_from_range(p.act_stats.lo, p.act_stats.hi, p.a_spec, fraction=fi)

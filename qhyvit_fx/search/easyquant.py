@@ -18,9 +18,9 @@ from typing import List, Optional
 
 import torch
 
-from ..quantizer import QParams, candidate_fractions, channel_minmax, params_from_range
-from .hybrid import (LayerResult, _candidate_params, _chunks, _quant_operand, _quant_patches, _slice, _take,
-                     _weight_cands)
+from ..quantizer import QParams, channel_minmax, params_from_range
+from .hybrid import (LayerResult, _candidate_params, _chunks, _fractions, _quant_operand, _quant_patches, _slice,
+                     _take, _weight_cands)
 from .problem import MatmulProblem, SearchOptions, WeightedLayerProblem
 
 
@@ -31,19 +31,12 @@ def cosine(a: torch.Tensor, b: torch.Tensor, dims) -> torch.Tensor:
     return num / den.clamp_min(1e-30)
 
 
-def _fracs(opts: SearchOptions) -> torch.Tensor:
-    f = opts.fractions if opts.fractions is not None else candidate_fractions()
-    if not bool((f == 1.0).any()):
-        f = torch.cat([f, torch.ones(1)])            # MinMax is always a candidate
-    return f
-
-
 def _target(p: WeightedLayerProblem) -> torch.Tensor:
     return p.layer_out_fp if p.layer_out_fp is not None else p.out_fp
 
 
 def easyquant_weighted(p: WeightedLayerProblem, opts: SearchOptions) -> LayerResult:
-    f = _fracs(opts)
+    f = _fractions(opts)
     target = _target(p)
     S, C = target.shape
     a_lo, a_hi = p.act_stats.range(p.a_spec.per_channel)
@@ -83,7 +76,7 @@ def easyquant_weighted(p: WeightedLayerProblem, opts: SearchOptions) -> LayerRes
 
 
 def easyquant_matmul(prob: MatmulProblem, opts: SearchOptions) -> LayerResult:
-    f = _fracs(opts)
+    f = _fractions(opts)
     ops = [prob.a, prob.b]
     qps: List[QParams] = [params_from_range(*st.range(False), sp.with_(per_channel=False))
                           for st, sp in zip(prob.stats, prob.specs)]

@@ -274,16 +274,18 @@ def _keep_better(best, cur: Optional[Choice], err_of) -> Choice:
 
 # ---- activation search of weighted layers --------------------------------------------------
 
-def _fold_parts(p: WeightedLayerProblem, rows: int, opts: SearchOptions):
-    """[(stats used to quantize, row indices)] covering the first ``rows`` rows.
+def _fold_parts(p: WeightedLayerProblem, rows: int, opts: SearchOptions, stats: Optional[ActStats] = None):
+    """[(stats used to quantize, row indices or None for all)] covering the first ``rows`` rows, for
+    the layer input (``stats`` None) or another tensor's statistics (the output's).
     With K-fold validation, the rows of each fold are quantized with the ranges
     of the other folds' images, so a candidate is scored by how well its ranges
     generalise to unseen images (challenge C1: per-channel ranges from few
     images clip values that new images produce)."""
-    if opts.act_cv and p.act_stats.folds is not None and p.row_fold is not None:
+    stats = p.act_stats if stats is None else stats
+    if opts.act_cv and stats.folds is not None and p.row_fold is not None:
         fold = p.row_fold[:rows]
-        return [(st, (fold == k).nonzero().squeeze(1)) for k, st in enumerate(p.act_stats.folds)]
-    return [(p.act_stats, None)]
+        return [(st, (fold == k).nonzero().squeeze(1)) for k, st in enumerate(stats.folds)]
+    return [(stats, None)]
 
 
 def _act_errors(p: WeightedLayerProblem, spec: QSpec, f: torch.Tensor, wq: torch.Tensor, rows: int,
@@ -441,15 +443,14 @@ def _search_output(p: WeightedLayerProblem, wch: Choice, ach: Choice, opts: Sear
     f = _fractions(opts)
     o = p.layer_forward(_quant_patches(p, p.patches, ach.qp), _weight_cands(p.weight, _one(wch.qp))[0])
     spec = p.o_spec
-    folds = p.o_stats.folds if opts.act_cv and p.o_stats.folds is not None and p.row_fold is not None else None
 
     def err_of(idx, rows):
         fr = f[idx]
         total = torch.zeros(len(fr))
-        parts = [(st, (p.row_fold[:rows] == k).nonzero().squeeze(1)) for k, st in enumerate(folds)] if folds \
-            else [(p.o_stats, torch.arange(rows))]
-        for st, ridx in parts:
-            if ridx.numel() == 0:
+        for st, ridx in _fold_parts(p, rows, opts, p.o_stats):
+            if ridx is None:
+                ridx = slice(0, rows)
+            elif ridx.numel() == 0:
                 continue
             qp = _candidate_params(st.lo, st.hi, spec, fr)
             d = fake_quant(o[ridx], qp.scale, qp.zero_point, spec.qmin, spec.qmax).sub_(p.out_fp[ridx])

@@ -93,10 +93,6 @@ class WeightedLayerProblem:
             out = out + self.bias
         return out
 
-    def objective_rows(self, layer_out: torch.Tensor) -> torch.Tensor:
-        """Objective rows for layer-output rows [n, r, C] (the first r rows)."""
-        return layer_out if self.tail is None else self.tail(layer_out, None)
-
 
 @dataclass
 class MatmulProblem:
