@@ -158,7 +158,6 @@ def _eval_models(models, folder, pre, classes, limit, seed, skip_bad, progress=T
     return compare(models, loader(ds, 100), "float", progress=progress, total=(len(ds) + 99) // 100), len(ds)
 
 
-
 def _ort_opt(cfg) -> bool:
     """Graph optimisations (integer kernels) only for deployment graphs: with --target fakequant
     activations may be per-channel, which onnxruntime's fused MatMulIntegerToFloat rejects at run
@@ -168,6 +167,7 @@ def _ort_opt(cfg) -> bool:
 
 def _ort_label(cfg) -> str:
     return "(onnxruntime)" if _ort_opt(cfg) else "(onnxruntime, QDQ in float)"
+
 
 def _print_metrics(res, out=None):
     out = out or sys.stdout

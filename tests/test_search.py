@@ -135,6 +135,15 @@ def test_edited_decisions_are_applied_exactly(tmp_path, tiny, tiny_images):
     bad_layer["weight"]["zero_point"] = [0, 0]
     with pytest.raises(DecisionsError, match="head.*2 scales.*10 channels"):
         q.convert(pm, bad)
+    # a bias correction edited to the wrong length is refused, a right one lands in the bias
+    wrong = copy.deepcopy(d)
+    next(l for l in wrong["layers"] if l["layer"] == "head")["bias_delta"] = [0.5] * 3
+    with pytest.raises(DecisionsError, match="head.*bias_delta has 3 values.*10 output channels"):
+        q.convert(pm, wrong)
+    right = copy.deepcopy(d)
+    next(l for l in right["layers"] if l["layer"] == "head")["bias_delta"] = [0.5] * 10
+    qb, q0 = q.convert(pm, right), q.convert(pm, d)
+    assert torch.allclose(qb.get_submodule("head").bias, q0.get_submodule("head").bias + 0.5)
 
 
 def test_device_plumbing(tiny, tiny_images):

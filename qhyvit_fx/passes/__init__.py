@@ -1,5 +1,6 @@
 """Graph passes, one transform per module: GraphModule in, GraphModule out.
 
-Order used by :func:`qhyvit_fx.prepare`: ``cleanup`` → ``fold_bn`` → ``annotate`` →
-``insert_observers``; :func:`qhyvit_fx.convert` then runs ``convert``.
+Order used by :func:`qhyvit_fx.prepare`: ``cleanup`` → ``functional_conv`` → ``fold_bn`` →
+(bridge tagging, :mod:`qhyvit_fx.patterns`) → ``annotate`` → ``insert_observers``;
+:func:`qhyvit_fx.convert` then runs ``convert``.
 """

@@ -51,8 +51,9 @@ def convert_graph(prepared: fx.GraphModule, decisions: Decisions) -> fx.GraphMod
                 raise DecisionsError(f"layer '{ann.layer}': weight channels are on axis 0")
             q = QuantConv2d(mod, d.weight) if isinstance(mod, nn.Conv2d) else QuantLinear(mod, d.weight)
             if d.bias_delta is not None:
-                _check_channels(ann.layer, "bias_delta", QParams(d.weight.spec.with_(per_channel=True),
-                                                                d.bias_delta, d.bias_delta.int()), mod.weight.shape[0])
+                if d.bias_delta.numel() != mod.weight.shape[0]:
+                    raise DecisionsError(f"layer '{ann.layer}': bias_delta has {d.bias_delta.numel()} values "
+                                         f"but the layer has {mod.weight.shape[0]} output channels")
                 base = q.bias.detach() if q.bias is not None else torch.zeros(mod.weight.shape[0])
                 q.bias = nn.Parameter(base + d.bias_delta, requires_grad=False)
             gm.add_submodule(node.target, q)

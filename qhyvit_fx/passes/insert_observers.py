@@ -24,6 +24,7 @@ def insert_observers(gm: fx.GraphModule, record_images: int = 0) -> fx.GraphModu
             rec = g.call_module(RECORDER, (ph,))
         rec.meta["tensor_meta"] = ph.meta.get("tensor_meta")
         ph.replace_all_uses_with(rec, delete_user_cb=lambda u: u is not rec)
+    by_name = {n.name: n for n in g.nodes}
     for node in list(g.nodes):
         ann = node.meta.get(ANNOTATION)
         if ann is None:
@@ -43,7 +44,7 @@ def insert_observers(gm: fx.GraphModule, record_images: int = 0) -> fx.GraphModu
         if ann.output is not None:
             name = _module_name(ann.layer, "out")
             gm.add_submodule(name, ActObserver(axis=ann.output_axis))
-            src = next((n for n in g.nodes if n.name == ann.output_after), node) if ann.output_after else node
+            src = by_name[ann.output_after] if ann.output_after else node
             with g.inserting_after(src):
                 obs = g.call_module(name, (src,))
             obs.meta["tensor_meta"] = src.meta.get("tensor_meta")
