@@ -19,7 +19,6 @@ import tempfile
 import time
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import CIFAR_MODELS, RESULTS, cached, load, splits, store, write_json  # noqa: E402
@@ -46,12 +45,11 @@ VARIANTS = {
 
 
 def metrics(logits: torch.Tensor, ref: torch.Tensor, labels: torch.Tensor) -> dict:
-    kl = F.kl_div(F.log_softmax(logits, 1), F.log_softmax(ref, 1), log_target=True, reduction="sum") / len(labels)
-    noise = ((logits - ref) ** 2).sum()
-    return {"top1": 100.0 * float((logits.argmax(1) == labels).float().mean()),
-            "agreement": 100.0 * float((logits.argmax(1) == ref.argmax(1)).float().mean()),
-            "kl": float(kl), "sqnr_db": float(10 * torch.log10((ref ** 2).sum() / noise)) if noise > 0 else None,
-            "max_abs_diff": float((logits - ref).abs().max()), "images": len(labels)}
+    """qhyvit_fx.evaluate.Metrics on whole-split logits, in the cached cells' format."""
+    from qhyvit_fx.evaluate import Metrics
+    m = Metrics("").update(logits, ref, labels)
+    return {"top1": m.top1, "agreement": m.agreement, "kl": m.kl,
+            "sqnr_db": m.sqnr_db if m.noise > 0 else None, "max_abs_diff": m.max_abs, "images": m.n}
 
 
 def run_model(fn, batches) -> torch.Tensor:

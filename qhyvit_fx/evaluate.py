@@ -36,6 +36,20 @@ class Metrics:
     def sqnr_db(self) -> float:
         return float("inf") if self.noise == 0 else 10.0 * math.log10(self.sig / self.noise)
 
+    def update(self, logits: torch.Tensor, ref: torch.Tensor, labels: torch.Tensor,
+               ref_top: Optional[torch.Tensor] = None, ref_logp: Optional[torch.Tensor] = None) -> "Metrics":
+        """Add a batch: ``logits`` of this model, ``ref`` of the reference, true ``labels``."""
+        ref_top = ref.argmax(1) if ref_top is None else ref_top
+        ref_logp = F.log_softmax(ref, 1) if ref_logp is None else ref_logp
+        self.n += logits.shape[0]
+        self.correct += int((logits.argmax(1) == labels).sum())
+        self.agree += int((logits.argmax(1) == ref_top).sum())
+        self.kl_sum += float(F.kl_div(F.log_softmax(logits, 1), ref_logp, log_target=True, reduction="sum"))
+        self.sig += float((ref ** 2).sum())
+        self.noise += float(((logits - ref) ** 2).sum())
+        self.max_abs = max(self.max_abs, float((logits - ref).abs().max()))
+        return self
+
     def to_dict(self) -> dict:
         return {"name": self.name, "images": self.n, "top1": round(self.top1, 3),
                 "agreement": round(self.agreement, 3), "kl": self.kl, "sqnr_db": self.sqnr_db,
@@ -57,12 +71,5 @@ def compare(models: Dict[str, Callable[[torch.Tensor], torch.Tensor]], batches: 
             ref_top = ref.argmax(1)
             ref_logp = F.log_softmax(ref, 1)
             for k, o in outs.items():
-                r = res[k]
-                r.n += x.shape[0]
-                r.correct += int((o.argmax(1) == y).sum())
-                r.agree += int((o.argmax(1) == ref_top).sum())
-                r.kl_sum += float(F.kl_div(F.log_softmax(o, 1), ref_logp, log_target=True, reduction="sum"))
-                r.sig += float((ref ** 2).sum())
-                r.noise += float(((o - ref) ** 2).sum())
-                r.max_abs = max(r.max_abs, float((o - ref).abs().max()))
+                res[k].update(o, ref, y, ref_top, ref_logp)
     return res
