@@ -107,21 +107,22 @@ def draw_bridges(gm: fx.GraphModule, path: str, title: str = "", hops: int = 3, 
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
+    return _save(fig, path, dpi=110)
+
+
+def _save(fig, path: str, dpi: int = 100) -> str:
+    """Render ``fig`` in the format of ``path``'s extension and write it atomically."""
     import io
     buf = io.BytesIO()
-    fig.savefig(buf, format=ext[1:], dpi=110)
+    fig.savefig(buf, format=os.path.splitext(path)[1][1:] or "png", dpi=dpi)
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
     return path
 
 
-def _save(fig, path: str) -> str:
-    import io
-    buf = io.BytesIO()
-    fig.savefig(buf, format=os.path.splitext(path)[1][1:] or "png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+def _tick(layer: str) -> str:
+    """Compact tick label for a layer name."""
+    return layer.replace("stages.", "s").replace("transformer.", "t")
 
 
 def plot_choices(dec, path: str, title: str = "") -> str:
@@ -143,7 +144,7 @@ def plot_choices(dec, path: str, title: str = "") -> str:
     ax.set_yticks(range(4))
     ax.set_yticklabels(labels)
     ax.set_xticks(range(len(layers)))
-    ax.set_xticklabels([d.layer.replace("stages.", "s").replace("transformer.", "t") for d in layers], rotation=90,
+    ax.set_xticklabels([_tick(d.layer) for d in layers], rotation=90,
                        fontsize=5)
     ax.set_xlim(-1, len(layers))
     ax.scatter([], [], marker="s", color="#1f77b4", label="weight")
@@ -166,7 +167,7 @@ def plot_errors(dec, path: str, title: str = "") -> str:
            color="#2ca02c")
     ax.set_yscale("log")
     ax.set_xticks(list(x))
-    ax.set_xticklabels([d.layer.replace("stages.", "s").replace("transformer.", "t") for d in layers], rotation=90,
+    ax.set_xticklabels([_tick(d.layer) for d in layers], rotation=90,
                        fontsize=5)
     ax.legend(fontsize=7)
     ax.set_ylabel("E[g^2 dO^2]")

@@ -54,7 +54,7 @@ class _InputSampler(fx.Interpreter):
     def __init__(self, gm: fx.GraphModule, nodes: Dict[str, int]):
         super().__init__(gm)
         self.nodes = nodes
-        self.kept: Dict[str, torch.Tensor] = {}
+        self.kept: Dict[str, List[torch.Tensor]] = {}
 
     def call_module(self, target, args, kwargs):
         from .calibration import _IDENTITY_MODULES
@@ -89,9 +89,9 @@ def bridge_samples(prepared: fx.GraphModule, dec, images: torch.Tensor, max_valu
             continue
         ann = n.meta[ANNOTATION]
         qp = dec.layers[ann.layer].inputs.get(0)
-        x = torch.cat(sampler.kept[n.name])
         if qp is None:
             continue
+        x = torch.cat(sampler.kept[n.name])
         axis = qp.spec.axis if qp.spec.per_channel else None
         q = fake_quant(x, qp.scale, qp.zero_point, qp.spec.qmin, qp.spec.qmax, axis)
         idx = torch.randperm(x.numel(), generator=g)[:max_values]
