@@ -100,11 +100,9 @@ def cached(kind: str, key: Dict):
 
 def write_json(path: str, value) -> None:
     """Atomic JSON write (temp file + os.replace)."""
+    from qhyvit_fx.decisions import atomic_write_text
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=1)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(value, indent=1))
 
 
 def store(kind: str, key: Dict, value) -> None:

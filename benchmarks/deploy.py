@@ -47,12 +47,8 @@ def ort_quantize(fp32, out, calib, act_type):
 
 
 def latency(path, x, threads, runs):
-    import onnxruntime as ort
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    from qhyvit_fx.export import ort_session
+    sess = ort_session(path, threads)
     feed = {"input": x.numpy()}
     for _ in range(5):
         sess.run(None, feed)

@@ -58,6 +58,7 @@ def main():
         m, img = args.child.split(":")
         print(json.dumps(one(m, int(img), args.bits, args.method)))
         return
+    from common import write_json
     out = json.load(open(args.json)) if os.path.exists(args.json) else {}
     for run in args.runs:
         r = subprocess.run([sys.executable, __file__, "--child", run, "--bits", args.bits, "--method", args.method],
@@ -69,10 +70,7 @@ def main():
         out[f"{run}:{args.bits}:{args.method}"] = res
         print(f"{run:26s} {args.bits} {args.method}: {res['seconds']:6.1f} s (collect {res['seconds_collect']} s), "
               f"peak RSS {res['peak_rss_gb']:.2f} GB, {res['layers']} layers", flush=True)
-        os.makedirs(os.path.dirname(args.json), exist_ok=True)
-        with open(args.json + ".tmp", "w") as f:
-            json.dump(out, f, indent=1)
-        os.replace(args.json + ".tmp", args.json)
+        write_json(args.json, out)
 
 
 if __name__ == "__main__":
