@@ -39,6 +39,16 @@ VARIANTS = {
     "abl-scheme": dict(method="qhyvit", bridge_objective=False, act_cv=False),
     "abl-bridge": dict(method="qhyvit", act_cv=False),
     "abl-cv": dict(method="qhyvit"),
+    # the other baselines (issue 7), partial mode, and everything in full mode (paper Table 2)
+    "ptq4vit": dict(method="ptq4vit"),
+    "repq-vit": dict(method="repq-vit"),
+    "fq-vit": dict(method="fq-vit"),
+    "minmax-full": dict(method="minmax", mode="full"),
+    "easyquant-full": dict(method="easyquant", mode="full"),
+    "ptq4vit-full": dict(method="ptq4vit", mode="full"),
+    "repq-vit-full": dict(method="repq-vit", mode="full"),
+    "fq-vit-full": dict(method="fq-vit", mode="full"),
+    "qhyvit-full": dict(method="qhyvit", mode="full"),
     "minmax-ort": dict(method="minmax", target="ort", kernel="auto"),
     "qhyvit-ort": dict(method="qhyvit", target="ort", kernel="auto"),
 }

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from .config import QConfig
 from .modules import ActObserver, FakeQuantize, InputRecorder
-from .passes.annotate import ANNOTATION, QuantAnnotation, quantized_layers
+from .passes.annotate import ANNOTATION, QuantAnnotation, searched_layers
 from .patterns.kinds import Kind, classify
 from .search.problem import ActStats, MatmulProblem, WeightedLayerProblem
 
@@ -389,7 +389,7 @@ def _plan_for(n: fx.Node, kind: str, images: int, cfg: QConfig, name: str, examp
 def collect(prepared: fx.GraphModule, quantized: fx.GraphModule, images: torch.Tensor, cfg: QConfig,
             chunk: int = 8, progress: bool = False):
     """Run both passes; returns (records, bridge info) for :func:`build_problems`."""
-    nodes = quantized_layers(prepared)
+    nodes = searched_layers(prepared)
     n_img = images.shape[0]
     example_batch = int(prepared.meta.get("qhyvit_example_shape", (1,))[0])
     folds = cfg.cv_folds if cfg.act_cv and n_img >= 2 * cfg.cv_folds else 0
@@ -499,8 +499,9 @@ def build_problems(prepared: fx.GraphModule, records: Dict[str, LayerRecord], ta
             if len(per) - 1 > 1:
                 o_stats.folds = _fold_stats(per)
         specs = [ann.inputs[i] for i in sorted(ann.inputs)]
+        kinds = [ann.producers.get(i, (None,))[0] for i in sorted(ann.inputs)]
         if ann.kind == "matmul":
-            probs[name] = MatmulProblem(ann.layer, ins[0], ins[1], out, grad, stats, specs)
+            probs[name] = MatmulProblem(ann.layer, ins[0], ins[1], out, grad, stats, specs, input_kinds=kinds)
             continue
         mod = prepared.get_submodule(ann.layer if ann.kind != "matmul" else name)
         w = mod.weight.detach().reshape(mod.weight.shape[0], -1).float()
@@ -532,5 +533,5 @@ def build_problems(prepared: fx.GraphModule, records: Dict[str, LayerRecord], ta
             act_stats=stats[0], w_spec=ann.weight, a_spec=specs[0],
             act_per_channel_ok=ann.input_axes.get(0) is not None, tail=tail_fn, layer_out_fp=layer_out,
             row_fold=fold_of[plan_rows.index // plan_rows.per_image] if fold_of.numel() else None,
-            o_spec=ann.output if searches_output(ann) else None, o_stats=o_stats)
+            o_spec=ann.output if searches_output(ann) else None, o_stats=o_stats, input_kinds=kinds)
     return probs, info

@@ -129,7 +129,7 @@ def _config(args, w_bits: int, a_bits: int):
     wrb = weight_range_bits(args.kernel, w_bits) if getattr(args, "kernel", "none") else None
     return QConfig(w_bits=w_bits, a_bits=a_bits, method=args.method, calib_images=args.calib_images,
                    seed=args.seed, weight_range_bits=wrb, device=getattr(args, "device", "cpu"), progress=True,
-                   target=args.target, a_scheme=args.act_scheme)
+                   target=args.target, a_scheme=args.act_scheme, mode=getattr(args, "mode", "partial"))
 
 
 def _calibrated(job: Job, args, lm, pre, w_bits, a_bits, log):
@@ -338,7 +338,11 @@ def _add_quant(p):
     p.add_argument("--calib", help="folder of calibration images (train split)")
     p.add_argument("--calib-images", type=int, default=32, help="number of calibration images (default 32)")
     p.add_argument("--bits", default="w8a8", help="w8a8 | w6a6 | w4a8 | w4a4 | wNaM (default w8a8)")
-    p.add_argument("--method", default="minmax", help="calibration method (default minmax)")
+    p.add_argument("--method", default="minmax",
+                   help="calibration method: minmax (default), qhyvit, easyquant, ptq4vit, repq-vit, fq-vit")
+    p.add_argument("--mode", default="partial", choices=("partial", "full"),
+                   help="partial: conv/linear/matmul inputs and weights (paper Table 1, default); full: also "
+                        "the inputs of norms, softmax, activations and residual adds (Table 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--kernel", default="auto", choices=("auto", "avx2", "vnni", "arm", "none"),
                    help="integer kernels the ONNX will run on: avx2 limits 8-bit weights to 7-bit codes so "

@@ -32,6 +32,10 @@ class LayerDecision:
     error: Dict[str, float] = field(default_factory=dict)     # search objective before / after
     info: Dict[str, Any] = field(default_factory=dict)
     bias_delta: Optional[Any] = None                          # tensor [C] added to the layer's bias
+    # RepQ-ViT scale reparameterisation of the norm feeding this layer: {"norm": module name,
+    # "in_scale": r [K], "in_shift": t [K]}; convert sets the norm's affine to (gamma/r, (beta+t)/r),
+    # the layer weight to W*r (input channels) and its bias to b - W t (same function, new ranges)
+    reparam: Optional[Dict[str, Any]] = None
 
     def to_dict(self) -> dict:
         d = {"layer": self.layer, "kind": self.kind, "bridge": self.bridge,
@@ -40,6 +44,10 @@ class LayerDecision:
              "output": self.output.to_dict() if self.output is not None else None}
         if self.bias_delta is not None:
             d["bias_delta"] = [float(v) for v in self.bias_delta.reshape(-1)]
+        if self.reparam is not None:
+            d["reparam"] = {"norm": self.reparam["norm"],
+                            "in_scale": [float(v) for v in self.reparam["in_scale"].reshape(-1)],
+                            "in_shift": [float(v) for v in self.reparam["in_shift"].reshape(-1)]}
         if self.error:
             d["error"] = {k: float(v) for k, v in self.error.items()}
         if self.info:
@@ -63,7 +71,7 @@ class LayerDecision:
                 inputs={int(k): qp(v, f"input {k}") for k, v in (d.get("inputs") or {}).items()},
                 output=qp(d.get("output"), "output"),
                 error=dict(d.get("error") or {}), info=dict(d.get("info") or {}),
-                bias_delta=_bias(d.get("bias_delta"), name))
+                bias_delta=_bias(d.get("bias_delta"), name), reparam=_reparam(d.get("reparam"), name))
         except KeyError as e:
             raise DecisionsError(f"a layer entry lacks the key {e}") from e
 
@@ -76,6 +84,21 @@ def _bias(v, name):
     if t.dim() != 1 or not torch.isfinite(t).all():
         raise DecisionsError(f"layer '{name}': bias_delta must be a finite list of numbers")
     return t
+
+
+def _reparam(v, name):
+    if v is None:
+        return None
+    import torch
+    if not isinstance(v, dict) or not isinstance(v.get("norm"), str):
+        raise DecisionsError(f"layer '{name}': reparam needs \"norm\", \"in_scale\" and \"in_shift\"")
+    r = torch.tensor(v.get("in_scale", []), dtype=torch.float32)
+    t = torch.tensor(v.get("in_shift", []), dtype=torch.float32)
+    if r.dim() != 1 or r.shape != t.shape or r.numel() == 0 or not (torch.isfinite(r).all() and
+                                                                   torch.isfinite(t).all() and (r > 0).all()):
+        raise DecisionsError(f"layer '{name}': reparam in_scale must be positive, in_shift finite, "
+                             "both lists of the layer's input-channel count")
+    return {"norm": v["norm"], "in_scale": r, "in_shift": t}
 
 
 @dataclass

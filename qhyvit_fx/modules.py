@@ -15,9 +15,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .quantizer import QParams, QSpec, channel_minmax, fake_quant
+from .quantizer import QParams, QSpec, channel_minmax, fake_quant, quant_dequant
 
-__all__ = ["ActObserver", "FakeQuantize", "QuantConv2d", "QuantLinear", "InputRecorder"]
+__all__ = ["ActObserver", "FakeQuantize", "NonUniformQuantize", "make_quantizer", "QuantConv2d", "QuantLinear",
+           "InputRecorder"]
 
 
 def _onnx_const(g, values, dtype):
@@ -159,6 +160,39 @@ class FakeQuantize(nn.Module):
         return f"bits={self.bits}, {self.spec.scheme}, {g}, q=[{self.qmin},{self.qmax}]"
 
 
+class NonUniformQuantize(nn.Module):
+    """A converted twin-uniform or logarithmic quantizer (the PTQ4ViT / FQ-ViT / RepQ-ViT
+    baselines).  Standard ONNX has no such quantize op, so it exports as the float ops that
+    compute it (Log/Round/Clip/Pow/Where): exact in onnxruntime, but never an integer kernel."""
+
+    def __init__(self, qparams: QParams):
+        super().__init__()
+        if qparams.spec.uniform:
+            raise ValueError("uniform quantizers are FakeQuantize modules")
+        self.spec = qparams.spec
+        self.bits = qparams.spec.bits
+        self.register_buffer("scale", qparams.scale.clone())
+        self.register_buffer("zero_point", qparams.zero_point.clone())
+        self.register_buffer("scale2", qparams.scale2.clone() if qparams.scale2 is not None else torch.ones(()))
+        self.zp_overflow = qparams.zp_overflow
+
+    @property
+    def qparams(self) -> QParams:
+        return QParams(self.spec, self.scale, self.zero_point, self.zp_overflow,
+                       self.scale2 if self.spec.kind.startswith("twin") else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return quant_dequant(x, self.qparams)
+
+    def extra_repr(self) -> str:
+        return f"{self.spec.kind}, bits={self.bits}, scale={float(self.scale):.4g}"
+
+
+def make_quantizer(qparams: QParams, axis: Optional[int] = None) -> nn.Module:
+    """The converted activation quantizer for ``qparams``."""
+    return FakeQuantize(qparams, axis=axis) if qparams.spec.uniform else NonUniformQuantize(qparams)
+
+
 def quantize_weight(w: torch.Tensor, qp: QParams) -> torch.Tensor:
     """Integer weight codes (int8 container) for ``qp`` (channels on axis 0)."""
     s, z = qp.scale, qp.zero_point.float()
@@ -171,6 +205,8 @@ def quantize_weight(w: torch.Tensor, qp: QParams) -> torch.Tensor:
 
 class _QuantWeightMixin:
     def _init_weight(self, weight: torch.Tensor, qp: QParams):
+        if not qp.spec.uniform:
+            raise ValueError(f"weights take uniform quantizers, not {qp.spec.kind}")
         if not qp.spec.signed:
             raise ValueError("weights are stored as int8: use signed codes (QSpec(signed=True))")
         self.w_spec = qp.spec

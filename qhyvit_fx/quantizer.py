@@ -20,9 +20,21 @@ from typing import Optional, Sequence, Tuple
 import torch
 
 __all__ = ["QSpec", "QParams", "qrange", "fake_quant", "params_from_range", "params_from_stats",
-           "candidate_fractions", "reduce_dims", "channel_minmax"]
+           "candidate_fractions", "reduce_dims", "channel_minmax", "QUANTIZER_KINDS", "twin_uniform_quant",
+           "log_quant", "quant_dequant", "ptf_params"]
 
 MIN_SCALE = 1e-8
+
+# Quantizer kinds beside the uniform affine one (the baselines' non-uniform quantizers):
+#   twin_pos     PTQ4ViT twin-uniform for post-softmax values in [0, 1]: two unsigned (bits-1)-bit
+#                ranges, R1 = [0, m*s1) with the fine scale s1 and R2 = [0, (m-1)*s2] with the coarse
+#                scale s2 = 2^j * s1 (m = 2^(bits-1)); a value uses R1 when R1 rounds it unclipped
+#   twin_signed  PTQ4ViT twin-uniform for post-GELU/SiLU values: negatives on the signed (bits-1)-bit
+#                grid of s1 (codes -(m-1)..0), positives on the unsigned grid of s2 (codes 0..m-1)
+#   log2         FQ-ViT log-int-softmax: x_hat = s * 2^-q, q = round(-log2(x/s)) in 0..2^bits-1
+#   logsqrt2     RepQ-ViT log-sqrt2: x_hat = s * 2^(-q/2), q = round(-2 log2(x/s)) in 0..2^bits-1
+# Both log quantizers send values below their smallest level (q >= 2^bits) to 0.
+QUANTIZER_KINDS = ("uniform", "twin_pos", "twin_signed", "log2", "logsqrt2")
 
 
 def qrange(bits: int, signed: bool, narrow: bool = False) -> Tuple[int, int]:
@@ -46,9 +58,14 @@ class QSpec:
     axis: int = 0                    # channel axis when per_channel
     narrow: bool = False             # symmetric only: -(2^(b-1)-1)..2^(b-1)-1
     signed: Optional[bool] = None    # code signedness; default: symmetric -> signed, asymmetric -> unsigned
+    kind: str = "uniform"            # one of QUANTIZER_KINDS
 
     def __post_init__(self):
         qrange(self.bits, True)      # validates bits
+        if self.kind not in QUANTIZER_KINDS:
+            raise ValueError(f"quantizer kind '{self.kind}' is not one of {', '.join(QUANTIZER_KINDS)}")
+        if self.kind != "uniform" and self.per_channel:
+            raise ValueError(f"a {self.kind} quantizer is per-tensor")
         if self.signed is None:
             object.__setattr__(self, "signed", bool(self.symmetric))
         if self.symmetric and not self.signed:
@@ -73,10 +90,17 @@ class QSpec:
     def with_(self, **kw) -> "QSpec":
         return replace(self, **kw)
 
+    @property
+    def uniform(self) -> bool:
+        return self.kind == "uniform"
+
     def to_dict(self) -> dict:
-        return {"bits": self.bits, "granularity": self.granularity, "scheme": self.scheme,
-                "axis": self.axis if self.per_channel else None, "signed": bool(self.signed),
-                "qmin": self.qmin, "qmax": self.qmax}
+        d = {"bits": self.bits, "granularity": self.granularity, "scheme": self.scheme,
+             "axis": self.axis if self.per_channel else None, "signed": bool(self.signed),
+             "qmin": self.qmin, "qmax": self.qmax}
+        if not self.uniform:
+            d["quantizer"] = self.kind
+        return d
 
 
 @dataclass
@@ -87,17 +111,28 @@ class QParams:
     scale: torch.Tensor
     zero_point: torch.Tensor         # int32, within [qmin, qmax]
     zp_overflow: int = 0             # channels whose ideal zero point was clamped
+    scale2: Optional[torch.Tensor] = None   # twin-uniform only: the coarse scale of range R2
 
     def __post_init__(self):
         self.scale = self.scale.detach().to(torch.float32)
         self.zero_point = self.zero_point.detach().to(torch.int32)
+        if self.scale2 is not None:
+            self.scale2 = torch.as_tensor(self.scale2).detach().to(torch.float32)
+        if self.spec.kind.startswith("twin") and self.scale2 is None:
+            raise ValueError("a twin-uniform quantizer needs scale2 (the scale of its second range)")
 
     def to_dict(self) -> dict:
         d = self.spec.to_dict()
         d["scale"] = [float(v) for v in self.scale.reshape(-1)]
         d["zero_point"] = [int(v) for v in self.zero_point.reshape(-1)]
         d["zp_overflow"] = int(self.zp_overflow)
+        if self.scale2 is not None:
+            d["scale2"] = float(self.scale2)
         return d
+
+    def apply(self, x: torch.Tensor, axis: Optional[int] = None) -> torch.Tensor:
+        """Quantize-dequantize ``x`` with these params (channels on ``axis`` when per-channel)."""
+        return quant_dequant(x, self, axis)
 
     @staticmethod
     def from_dict(d: dict) -> "QParams":
@@ -109,7 +144,14 @@ class QParams:
         spec = QSpec(bits=bits, symmetric=sym, per_channel=per_channel,
                      axis=int(d["axis"]) if per_channel else 0,
                      narrow=sym and "qmin" in d and int(d["qmin"]) == -(2 ** (bits - 1)) + 1,
-                     signed=bool(d.get("signed", sym)))
+                     signed=bool(d.get("signed", sym)), kind=str(d.get("quantizer", "uniform")))
+        scale2 = None
+        if spec.kind.startswith("twin"):
+            if "scale2" not in d:
+                raise ValueError(f"a {spec.kind} quantizer needs \"scale2\"")
+            scale2 = torch.tensor(float(d["scale2"]), dtype=torch.float32)
+            if not (scale2 > 0 and torch.isfinite(scale2)):
+                raise ValueError("scale2 must be positive and finite")
         scale = torch.tensor(d["scale"], dtype=torch.float32)
         zp = torch.tensor(d["zero_point"], dtype=torch.int32)
         if not per_channel:
@@ -118,7 +160,7 @@ class QParams:
             raise ValueError("scales must be positive and finite")
         over = int(((zp < spec.qmin) | (zp > spec.qmax)).sum())
         zp = zp.clamp(spec.qmin, spec.qmax)
-        return QParams(spec, scale, zp, over)
+        return QParams(spec, scale, zp, over, scale2)
 
 
 def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int,
@@ -223,3 +265,71 @@ def candidate_fractions(n: int = 100, alpha: float = 0.01, beta: float = 1.2) ->
     """The search grid of the released Q-HyViT code: alpha + i*(beta-alpha)/n, i = 0..n."""
     i = torch.arange(n + 1, dtype=torch.float64)
     return (alpha + i * (beta - alpha) / n).to(torch.float32)
+
+
+# ---- the baselines' non-uniform quantizers ------------------------------------------------
+
+def twin_uniform_quant(x: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor, bits: int, signed_low: bool
+                       ) -> torch.Tensor:
+    """PTQ4ViT twin-uniform quantize-dequantize (see QUANTIZER_KINDS).  ``s1``/``s2`` are scalars or
+    [K] candidates (result [K, *x.shape]).  ``signed_low``: R1 holds the negative values (post-GELU);
+    else R1 is the fine range [0, m*s1) of small positive values (post-softmax)."""
+    m = 2 ** (bits - 1)
+    tail = (1,) * x.dim()
+    s1 = torch.as_tensor(s1, dtype=torch.float32)
+    s2 = torch.as_tensor(s2, dtype=torch.float32)
+    s1, s2 = s1.reshape(tuple(s1.shape) + tail), s2.reshape(tuple(s2.shape) + tail)
+    hi = torch.clamp(torch.round(x / s2), 0, m - 1) * s2
+    if signed_low:
+        lo = torch.clamp(torch.round(x / s1), -(m - 1), 0) * s1
+        return torch.where(x < 0, lo, hi)
+    lo = torch.clamp(torch.round(x / s1), 0, m - 1) * s1
+    # R1 takes the values its grid rounds without clipping (PTQ4ViT's cut at m*s1 would clip the
+    # last half step of R1 to (m-1)*s1)
+    return torch.where(x < (m - 0.5) * s1, lo, hi)
+
+
+def log_quant(x: torch.Tensor, scale: torch.Tensor, bits: int, step: float) -> torch.Tensor:
+    """Logarithmic quantize-dequantize of non-negative ``x``: levels ``scale * 2^(-q*step)``,
+    q = round(-log2(x/scale) / step) in 0..2^bits-1; values below the last level become 0.
+    step 1: log2 (FQ-ViT); step 0.5: log-sqrt2 (RepQ-ViT).  ``scale`` scalar or [K] candidates."""
+    s = torch.as_tensor(scale, dtype=torch.float32)
+    s = s.reshape(tuple(s.shape) + (1,) * x.dim())
+    levels = 2 ** bits
+    r = torch.round(-torch.log2(x.clamp_min(1e-30) / s) / step)
+    q = r.clamp(0, levels - 1)
+    y = s * torch.pow(2.0, -q * step)           # (not exp2: the ONNX exporter has no symbolic for it)
+    return torch.where((r >= levels) | (x <= 0), torch.zeros((), dtype=y.dtype), y)
+
+
+def quant_dequant(x: torch.Tensor, qp: "QParams", axis: Optional[int] = None) -> torch.Tensor:
+    """Quantize-dequantize ``x`` with any quantizer kind (uniform: exactly :func:`fake_quant`)."""
+    k = qp.spec.kind
+    if k == "uniform":
+        return fake_quant(x, qp.scale, qp.zero_point, qp.spec.qmin, qp.spec.qmax,
+                          axis if qp.spec.per_channel else None)
+    if k in ("twin_pos", "twin_signed"):
+        return twin_uniform_quant(x, qp.scale, qp.scale2, qp.spec.bits, signed_low=k == "twin_signed")
+    return log_quant(x, qp.scale, qp.spec.bits, 1.0 if k == "log2" else 0.5)
+
+
+def ptf_params(lo: torch.Tensor, hi: torch.Tensor, ch_lo: torch.Tensor, ch_hi: torch.Tensor, bits: int,
+               factors: int = 3) -> QParams:
+    """FQ-ViT Power-of-Two Factor: per-channel scales ``s * 2^a_c`` (a_c in 0..factors) sharing one
+    zero point, from the layer-wide range [lo, hi] and the channel ranges.  The layer-wide
+    asymmetric scale is ``2^factors * s``; each channel takes the smallest factor whose grid still
+    covers its own range, so narrow channels get finer steps and no channel clips more than the
+    layer-wide quantizer would."""
+    spec = QSpec(bits=bits, symmetric=False, per_channel=True, axis=0)
+    top = params_from_range(torch.as_tensor(lo), torch.as_tensor(hi), spec.with_(per_channel=False))
+    z = top.zero_point.float()
+    base = top.scale / 2 ** factors
+    ch_lo = torch.minimum(ch_lo.float(), torch.zeros(()))
+    ch_hi = torch.maximum(ch_hi.float(), torch.zeros(()))
+    alpha = torch.full_like(ch_lo, float(factors))
+    for a in range(factors - 1, -1, -1):
+        s = base * 2 ** a
+        fits = (ch_lo >= (spec.qmin - z) * s) & (ch_hi <= (spec.qmax - z) * s)
+        alpha = torch.where(fits, torch.full_like(alpha, float(a)), alpha)
+    scale = (base * torch.exp2(alpha)).clamp_min(MIN_SCALE)
+    return QParams(spec, scale, torch.full_like(scale, float(z)).to(torch.int32), top.zp_overflow)

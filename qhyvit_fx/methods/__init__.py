@@ -7,3 +7,6 @@ from .base import METHODS, Method, get_method, register_method  # noqa: F401
 from . import minmax  # noqa: F401  (registers)
 from . import qhyvit  # noqa: F401,E402  (registers)
 from . import easyquant  # noqa: F401,E402  (registers)
+from . import ptq4vit  # noqa: F401,E402  (registers)
+from . import repq_vit  # noqa: F401,E402  (registers)
+from . import fq_vit  # noqa: F401,E402  (registers)

@@ -10,7 +10,7 @@ import torch.fx as fx
 from ..calibration import build_problems, collect
 from ..config import check_device as search_device
 from ..decisions import Decisions, LayerDecision
-from ..passes.annotate import ANNOTATION, quantized_layers
+from ..passes.annotate import ANNOTATION, quantized_layers, searched_layers
 from ..passes.convert import convert_graph
 from ..quantizer import candidate_fractions
 from ..search.hybrid import search_matmul, search_weighted
@@ -27,7 +27,8 @@ def _to(obj, dev):
     if isinstance(obj, torch.Tensor):
         return obj.to(dev)
     if isinstance(obj, QParams):
-        return QParams(obj.spec, obj.scale.to(dev), obj.zero_point.to(dev), obj.zp_overflow)
+        return QParams(obj.spec, obj.scale.to(dev), obj.zero_point.to(dev), obj.zp_overflow,
+                       None if obj.scale2 is None else obj.scale2.to(dev))
     if isinstance(obj, list):
         return [_to(o, dev) for o in obj]
     if isinstance(obj, ActStats):
@@ -66,6 +67,13 @@ class QHyViT(Method):
         """One layer's problem -> LayerResult (the only step other search-based methods replace)."""
         return search_matmul(p, opts) if isinstance(p, MatmulProblem) else search_weighted(p, opts)
 
+    def finish(self, prepared: fx.GraphModule, layers: dict, init: Decisions) -> dict:
+        """All decisions in graph order: the searched layers', and MinMax ranges for the ops that
+        full mode quantizes without a search (paper: "unoptimized scaling factors are initialized
+        with minimum and maximum values")."""
+        return {n.meta[ANNOTATION].layer: layers.get(n.meta[ANNOTATION].layer) or init.layers[n.meta[ANNOTATION].layer]
+                for n in quantized_layers(prepared)}
+
     def decide(self, prepared: fx.GraphModule, images: Optional[torch.Tensor]) -> Decisions:
         cfg = self.config
         torch.manual_seed(cfg.seed)
@@ -80,7 +88,7 @@ class QHyViT(Method):
         t_collect = time.time() - t0
         opts = search_options(cfg)
         layers = {}
-        nodes = quantized_layers(prepared)
+        nodes = searched_layers(prepared)
         it = nodes
         if cfg.progress:
             from tqdm import tqdm
@@ -104,6 +112,7 @@ class QHyViT(Method):
             if ann.output is not None:
                 d.output = getattr(res, "output", None) or init.layers[ann.layer].output
             layers[ann.layer] = d
+        layers = self.finish(prepared, layers, init)
         meta = {"method": self.name, "seconds_collect": round(t_collect, 2),
                 "seconds_total": round(time.time() - t0, 2),
                 "search": {"rounds": cfg.rounds, "candidates": cfg.n_candidates + 1, "alpha": cfg.alpha,

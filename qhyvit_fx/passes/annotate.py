@@ -1,7 +1,9 @@
 """Pass: annotate quantizable nodes with quantization specs from a config.
 
 Writes ``node.meta["qhyvit_quant"]`` (a :class:`QuantAnnotation`) on every
-conv / linear / matmul node that the config quantizes.  Later passes only
+conv / linear / matmul node that the config quantizes (partial mode, paper
+Table 1) and, in full mode, also on normalisations, softmax, activations and
+residual adds, whose inputs are quantized (paper Table 2).  Later passes only
 execute these annotations.
 """
 from __future__ import annotations
@@ -13,10 +15,12 @@ import torch.fx as fx
 import torch.nn as nn
 
 from ..config import QConfig
-from ..patterns.kinds import Kind, classify, layer_name, node_module, rank
+from ..patterns.kinds import Kind, activation_nodes, classify, layer_name, node_module, rank
 from ..quantizer import QSpec
 
 ANNOTATION = "qhyvit_quant"
+LAYER_KINDS = ("conv", "linear", "matmul")            # weighted layers / matmuls: searched by methods
+FULL_KINDS = ("norm", "softmax", "activation", "add")  # full mode: inputs quantized, ranges from MinMax
 
 
 @dataclass
@@ -32,6 +36,10 @@ class QuantAnnotation:
     bridge: Optional[int] = None                # bridge block id, if a member
     bridge_role: Optional[str] = None
     observers: Dict[str, str] = field(default_factory=dict)   # 'in0' / 'out' -> submodule name
+    # input index -> (producer, fx node name): the op that made the input, seen through layout ops
+    # ("softmax", "gelu", "silu", "layernorm", "groupnorm", ...; "via layout" appended when reshapes
+    # sit in between).  The baselines pick their special quantizers from it.
+    producers: Dict[int, tuple] = field(default_factory=dict)
 
     @property
     def a_bits(self) -> int:
@@ -63,7 +71,62 @@ def _clipping_activation(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
 
 
 def quantized_layers(gm: fx.GraphModule) -> List[fx.Node]:
+    """Every annotated node (layers and, in full mode, the other quantized ops), in graph order."""
     return [n for n in gm.graph.nodes if ANNOTATION in n.meta]
+
+
+def searched_layers(gm: fx.GraphModule) -> List[fx.Node]:
+    """The annotated conv / linear / matmul nodes: what reconstruction searches optimise."""
+    return [n for n in quantized_layers(gm) if n.meta[ANNOTATION].kind in LAYER_KINDS]
+
+
+def _producer(gm: fx.GraphModule, arg) -> tuple:
+    """(what produced ``arg``, its node name), looking through single-input layout ops."""
+    if not isinstance(arg, fx.Node):
+        return ("constant", None)
+    n, via = arg, False
+    while classify(gm, n) == Kind.RESHAPE and n.args and isinstance(n.args[0], fx.Node):
+        n, via = n.args[0], True
+    k = classify(gm, n)
+    if k in (Kind.ACT, Kind.NORM):
+        m = node_module(gm, n)
+        if m is not None:
+            name = type(m).__name__.lower()
+        else:
+            name = getattr(n.target, "__name__", str(n.target)).lower()
+        name = {"layer_norm": "layernorm", "group_norm": "groupnorm"}.get(name, name)
+    else:
+        name = k.value
+    return (name + (" via layout" if via else ""), n.name)
+
+
+_FULL_ACTS = ("gelu", "silu", "hardswish", "hardsigmoid", "sigmoid", "tanh", "mish", "elu", "leakyrelu",
+              "leaky_relu")
+
+
+def _full_mode_inputs(gm: fx.GraphModule, node: fx.Node, live: set):
+    """(kind, input indices, per-channel axes) of a node full mode quantizes, else None.
+    ReLU/ReLU6 inputs are not quantized: the quantizer after the op that feeds them already
+    implies the clip (and onnxruntime folds it)."""
+    k = classify(gm, node)
+    tensor_arg = lambda i: len(node.args) > i and isinstance(node.args[i], fx.Node) and node.args[i] in live
+    if k == Kind.NORM and tensor_arg(0):
+        m = node_module(gm, node)
+        r = rank(node.args[0])
+        ax = 1 if isinstance(m, nn.GroupNorm) or (m is None and "group" in str(node.target)) else \
+            (None if r is None else r - 1)
+        return "norm", [0], {0: ax}
+    if k == Kind.BATCHNORM and tensor_arg(0):
+        return "norm", [0], {0: 1}
+    if k == Kind.SOFTMAX and tensor_arg(0):
+        return "softmax", [0], {0: None}
+    if k == Kind.ACT and tensor_arg(0) and _producer(gm, node)[0] in _FULL_ACTS:
+        return "activation", [0], {0: None}
+    import operator
+    import torch
+    if node.op == "call_function" and node.target in (operator.add, torch.add) and tensor_arg(0) and tensor_arg(1):
+        return "add", [0, 1], {0: None, 1: None}
+    return None
 
 
 def annotate(gm: fx.GraphModule, config: QConfig) -> fx.GraphModule:
@@ -79,6 +142,7 @@ def annotate(gm: fx.GraphModule, config: QConfig) -> fx.GraphModule:
         elif k == Kind.MATMUL and "matmul" in ops and len(node.args) >= 2:
             candidates.append((node, k))
     ort = config.target == "ort"
+    used = set()
     for i, (node, k) in enumerate(candidates):
         policy = "quantize"
         if i == 0:
@@ -125,6 +189,26 @@ def annotate(gm: fx.GraphModule, config: QConfig) -> fx.GraphModule:
         node.meta[ANNOTATION] = QuantAnnotation(
             layer=name, kind=k.value, weight=wspec, inputs=inputs, input_axes=axes, output=out_spec,
             output_axis=out_axis, output_after=after, bridge=b["id"] if b else None,
-            bridge_role=b["role"] if b else None)
+            bridge_role=b["role"] if b else None,
+            producers={j: _producer(gm, node.args[j]) for j in idxs})
+        used.add(name)
+    if config.mode == "full":
+        live = activation_nodes(gm)
+        for node in gm.graph.nodes:
+            if ANNOTATION in node.meta:
+                continue
+            found = _full_mode_inputs(gm, node, live)
+            if found is None:
+                continue
+            kind, idxs, axes = found
+            name = layer_name(gm, node)
+            name = node.name if name in used else name      # a module called twice: one entry per call
+            used.add(name)
+            inputs = {j: config.act_spec(config.a_bits).with_(per_channel=False, axis=0) for j in idxs}
+            b = node.meta.get("qhyvit_bridge")
+            node.meta[ANNOTATION] = QuantAnnotation(
+                layer=name, kind=kind, weight=None, inputs=inputs, input_axes=axes,
+                bridge=b["id"] if b else None, bridge_role=b["role"] if b else None,
+                producers={j: _producer(gm, node.args[j]) for j in idxs})
     gm.meta["qhyvit_config"] = config
     return gm

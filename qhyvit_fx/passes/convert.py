@@ -11,7 +11,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from ..decisions import Decisions, DecisionsError
-from ..modules import FakeQuantize, QuantConv2d, QuantLinear
+from ..modules import QuantConv2d, QuantLinear, make_quantizer
 from ..quantizer import QParams
 from .annotate import ANNOTATION
 
@@ -29,6 +29,40 @@ def _shape(node: fx.Node):
     return tuple(tm.shape) if tm is not None and hasattr(tm, "shape") else None
 
 
+def _reparameterise(gm: fx.GraphModule, node: fx.Node, layer: str, rp: dict) -> None:
+    """Apply a RepQ-ViT reparameterisation (see LayerDecision.reparam) to the copy ``gm``: the
+    norm's output becomes (y + t) / r per channel and the layer undoes it, so the float function
+    is unchanged while the layer input's channel ranges are equalised."""
+    try:
+        norm = gm.get_submodule(rp["norm"])
+    except AttributeError:
+        raise DecisionsError(f"layer '{layer}': reparam names the norm '{rp['norm']}', which the model lacks")
+    mod = gm.get_submodule(node.target)
+    r, t = rp["in_scale"].float(), rp["in_shift"].float()
+    if not isinstance(mod, (nn.Linear, nn.Conv2d)) or (isinstance(mod, nn.Conv2d) and mod.groups != 1):
+        raise DecisionsError(f"layer '{layer}': reparam needs a linear or an ungrouped conv")
+    k = mod.weight.shape[1]
+    if getattr(norm, "weight", None) is None or norm.weight.numel() != k or r.numel() != k:
+        raise DecisionsError(f"layer '{layer}': reparam needs an affine norm with {k} channels "
+                             f"(got in_scale of {r.numel()})")
+    norm = copy.deepcopy(norm)
+    with torch.no_grad():
+        norm.weight.copy_(norm.weight / r)
+        if norm.bias is None:
+            norm.bias = nn.Parameter(torch.zeros(k))
+        norm.bias.copy_((norm.bias + t) / r)
+        mod = copy.deepcopy(mod)
+        w = mod.weight.detach()
+        shape = (1, k) + (1,) * (w.dim() - 2)
+        shift = (w.reshape(w.shape[0], k, -1).sum(-1) @ t)
+        mod.weight.copy_(w * r.reshape(shape))
+        if mod.bias is None:
+            mod.bias = nn.Parameter(torch.zeros(w.shape[0]))
+        mod.bias.copy_(mod.bias - shift)
+    gm.add_submodule(rp["norm"], norm)
+    gm.add_submodule(node.target, mod)
+
+
 def convert_graph(prepared: fx.GraphModule, decisions: Decisions) -> fx.GraphModule:
     gm = copy.deepcopy(prepared)
     g = gm.graph
@@ -44,6 +78,8 @@ def convert_graph(prepared: fx.GraphModule, decisions: Decisions) -> fx.GraphMod
         if d is None:
             raise DecisionsError(f"no decision for quantized layer '{ann.layer}'; the decisions do not "
                                  "belong to this model or config (re-run calibration)")
+        if d.reparam is not None:
+            _reparameterise(gm, node, ann.layer, d.reparam)
         if ann.weight is not None and d.weight is not None:
             mod = gm.get_submodule(node.target)
             _check_channels(ann.layer, "weight", d.weight, mod.weight.shape[0])
@@ -72,7 +108,7 @@ def convert_graph(prepared: fx.GraphModule, decisions: Decisions) -> fx.GraphMod
                     raise DecisionsError(f"layer '{ann.layer}' {slot}: per-channel axis {axis} is invalid")
                 axis = axis % len(shape)
                 _check_channels(ann.layer, slot, qp, shape[axis])
-            gm.add_submodule(obs_name, FakeQuantize(qp, axis=axis))
+            gm.add_submodule(obs_name, make_quantizer(qp, axis=axis))
     g.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()

@@ -67,6 +67,7 @@ class WeightedLayerProblem:
     row_fold: Optional[torch.Tensor] = None       # [S] cross-validation fold of each row's image
     o_spec: Optional[QSpec] = None                # output quantizer (deployment graphs), searched last
     o_stats: Optional[ActStats] = None            # range statistics of the layer output
+    input_kinds: Optional[List[str]] = None       # producer of each input ("softmax", "gelu", ...)
 
     @property
     def rows(self) -> int:
@@ -108,6 +109,7 @@ class MatmulProblem:
     grad2: torch.Tensor
     stats: List[ActStats]
     specs: List[QSpec]
+    input_kinds: Optional[List[str]] = None       # producer of each operand ("softmax", ...)
 
     @property
     def rows(self) -> int:
