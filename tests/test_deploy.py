@@ -111,3 +111,18 @@ def test_output_quantizer_feeding_an_input_quantizer_is_tied(tmp_path, tiny_imag
     export_onnx(qm, path)
     rep = check_onnx(path)
     assert rep.integer_count == len(rep.ops) == 4
+
+
+def test_full_mode_keeps_every_layer_in_integer_kernels(tmp_path, tiny, tiny_images):
+    import onnx
+    counts = {}
+    for mode in ("partial", "full"):
+        d = tmp_path / mode
+        d.mkdir()
+        qm, path = _export(d, tiny, tiny_images, method="minmax", target="ort", weight_range_bits=7, mode=mode)
+        rep = check_onnx(path)
+        assert len(rep.ops) == 14 and rep.integer_count == 14, mode
+        counts[mode] = sum(n.op_type == "QuantizeLinear" for n in onnx.load(path).graph.node)
+    # full mode adds quantizers on the inputs of 3 LayerNorms, the softmax, the SiLUs and 3 adds
+    # (6 operands); where such an input already carries a layer's output quantizer it is shared
+    assert counts["full"] > counts["partial"] + 6

@@ -7,12 +7,12 @@ import torch
 import torch.fx as fx
 
 from ..decisions import Decisions
-from ..passes.annotate import ANNOTATION, quantized_layers
-from ..quantizer import ptf_params
+from ..passes.annotate import quantized_layers
+from ..quantizer import QParams, ptf_params
 from ..search.nonuniform import input_role, log_params
 from ..search.problem import ActStats
 from .base import register_method
-from .minmax import MinMax
+from .minmax import MinMax, observed_inputs
 
 PTF_FACTORS = 3          # FQ-ViT's K: channel scales s * 2^a, a in 0..K
 
@@ -34,20 +34,12 @@ class FQViT(MinMax):
     def decide(self, prepared: fx.GraphModule, images: Optional[torch.Tensor]) -> Decisions:
         dec = super().decide(prepared, images)
         dec.meta["method"] = self.name
-        for node in quantized_layers(prepared):
-            ann = node.meta[ANNOTATION]
-            d = dec.layers[ann.layer]
-            for i, (producer, _) in sorted(ann.producers.items()):
-                name = ann.observers.get(f"in{i}")
-                if name is None or d.inputs.get(i) is None:
-                    continue
-                obs = prepared.get_submodule(name)
-                if ann.kind == "norm" and ann.input_axes.get(i) is not None and obs.ch_min.numel():
-                    qp = ptf_params(obs.min_val, obs.max_val, obs.ch_min, obs.ch_max, ann.inputs[i].bits, PTF_FACTORS)
-                    d.inputs[i] = qp.__class__(qp.spec.with_(axis=ann.input_axes[i]), qp.scale, qp.zero_point,
-                                               qp.zp_overflow)
-                    d.info[f"input_{i}"] = "power-of-two factor"
-                elif ann.kind != "softmax" and input_role(producer) == "softmax":
-                    d.inputs[i] = log_params("log2", ann.inputs[i].bits, ActStats(obs.min_val, obs.max_val))
-                    d.info[f"input_{i}"] = "log2 (log-int-softmax)"
+        for node, ann, d, i, producer, _, obs in observed_inputs(prepared, dec, quantized_layers(prepared)):
+            if ann.kind == "norm" and ann.input_axes.get(i) is not None and obs.ch_min.numel():
+                qp = ptf_params(obs.min_val, obs.max_val, obs.ch_min, obs.ch_max, ann.inputs[i].bits, PTF_FACTORS)
+                d.inputs[i] = QParams(qp.spec.with_(axis=ann.input_axes[i]), qp.scale, qp.zero_point, qp.zp_overflow)
+                d.info[f"input_{i}"] = "power-of-two factor"
+            elif input_role(producer) == "softmax":
+                d.inputs[i] = log_params("log2", ann.inputs[i].bits, ActStats(obs.min_val, obs.max_val))
+                d.info[f"input_{i}"] = "log2 (log-int-softmax)"
         return dec

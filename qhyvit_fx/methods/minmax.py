@@ -32,6 +32,19 @@ def observer_minmax(obs, spec: QSpec, layer: str, slot: str) -> QParams:
     return params_from_range(obs.min_val, obs.max_val, spec)
 
 
+def observed_inputs(prepared: fx.GraphModule, decisions: Decisions, nodes):
+    """(node, annotation, decision, input index, producer, producer node name, observer) for every
+    quantized input of ``nodes`` that has an observer: what the baselines that swap in their own
+    input quantizers after MinMax (RepQ-ViT, FQ-ViT) walk over."""
+    for node in nodes:
+        ann = node.meta[ANNOTATION]
+        d = decisions.layers[ann.layer]
+        for i, (producer, src) in sorted(ann.producers.items()):
+            name = ann.observers.get(f"in{i}")
+            if name is not None and d.inputs.get(i) is not None:
+                yield node, ann, d, i, producer, src, prepared.get_submodule(name)
+
+
 @register_method
 class MinMax(Method):
     name = "minmax"

@@ -14,7 +14,7 @@ from ..quantizer import QParams, params_from_range
 from ..search.nonuniform import input_role, log_params
 from ..search.problem import ActStats
 from .base import register_method
-from .minmax import MinMax, weight_minmax
+from .minmax import MinMax, observed_inputs, weight_minmax
 
 
 def reparam_params(ch_lo: torch.Tensor, ch_hi: torch.Tensor, spec) -> tuple:
@@ -49,19 +49,12 @@ class RepQViT(MinMax):
     def decide(self, prepared: fx.GraphModule, images: Optional[torch.Tensor]) -> Decisions:
         dec = super().decide(prepared, images)
         dec.meta["method"] = self.name
-        for node in searched_layers(prepared):
-            ann = node.meta[ANNOTATION]
-            d = dec.layers[ann.layer]
-            for i, (producer, src) in sorted(ann.producers.items()):
-                obs = prepared.get_submodule(ann.observers[f"in{i}"]) if f"in{i}" in ann.observers else None
-                if obs is None or d.inputs.get(i) is None:
-                    continue
-                if input_role(producer) == "softmax":
-                    d.inputs[i] = log_params("logsqrt2", ann.inputs[i].bits, ActStats(obs.min_val, obs.max_val))
-                    d.info[f"input_{i}"] = "log-sqrt2 (post-softmax)"
-                elif i == 0 and producer in ("layernorm", "groupnorm"):
-                    why = self._reparameterise(prepared, node, src, obs, d)
-                    d.info["reparam"] = why
+        for node, ann, d, i, producer, src, obs in observed_inputs(prepared, dec, searched_layers(prepared)):
+            if input_role(producer) == "softmax":
+                d.inputs[i] = log_params("logsqrt2", ann.inputs[i].bits, ActStats(obs.min_val, obs.max_val))
+                d.info[f"input_{i}"] = "log-sqrt2 (post-softmax)"
+            elif i == 0 and producer in ("layernorm", "groupnorm"):
+                d.info["reparam"] = self._reparameterise(prepared, node, src, obs, d)
         return dec
 
     @staticmethod
