@@ -241,16 +241,18 @@ def test_full_mode_annotates_norms_softmax_activations_and_adds(tiny, tiny_image
 
 
 def test_qhyvit_full_mode_searches_layers_and_keeps_minmax_elsewhere(tiny, tiny_images):
-    mm, _ = _run(tiny, tiny_images, mode="full", method="minmax")
+    from qhyvit_fx.passes.annotate import FULL_KINDS
+    mm, _ = _run(tiny, tiny_images, mode="full", method="minmax", w_bits=6, a_bits=6)
     qh, _ = _run(tiny, tiny_images, mode="full", method="qhyvit", w_bits=6, a_bits=6)
     dm, dq = mm.meta["qhyvit_decisions"], qh.meta["qhyvit_decisions"]
     assert list(dq.layers) == list(dm.layers)
     for name, d in dq.layers.items():
-        if d.kind in ("norm", "softmax", "activation", "add"):
+        if d.kind in FULL_KINDS:
             assert not d.error and d.weight is None
-            mm6 = q.methods.minmax.observer_minmax
-            for i, qp in d.inputs.items():
-                assert qp.spec.bits == 6 and qp.spec.per_channel is False
+            for i, qp in d.inputs.items():           # exactly the MinMax ranges
+                ref = dm.layers[name].inputs[i]
+                assert qp.spec == ref.spec and qp.spec.bits == 6 and not qp.spec.per_channel
+                assert torch.equal(qp.scale, ref.scale) and torch.equal(qp.zero_point, ref.zero_point)
         else:
             assert "before" in d.error
 

@@ -8,9 +8,11 @@ execute these annotations.
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+import torch
 import torch.fx as fx
 import torch.nn as nn
 
@@ -122,8 +124,6 @@ def _full_mode_inputs(gm: fx.GraphModule, node: fx.Node, live: set):
         return "softmax", [0], {0: None}
     if k == Kind.ACT and tensor_arg(0) and _producer(gm, node)[0] in _FULL_ACTS:
         return "activation", [0], {0: None}
-    import operator
-    import torch
     if node.op == "call_function" and node.target in (operator.add, torch.add) and tensor_arg(0) and tensor_arg(1):
         return "add", [0, 1], {0: None, 1: None}
     return None
