@@ -124,3 +124,35 @@ def test_functional_same_padding_convs_become_quantizable_modules():
     qm = q.convert(pm)
     with torch.no_grad():
         assert (qm(x) - m(x)).abs().max() < 0.05 * m(x).abs().max()
+
+
+def test_share_quantizers_merges_equal_quantizers_of_one_tensor():
+    import torch.fx as fx
+    from qhyvit_fx.modules import FakeQuantize
+    from qhyvit_fx.passes.share_quantizers import share_quantizers
+    from qhyvit_fx.quantizer import QSpec, params_from_range
+    spec = QSpec(bits=8, symmetric=False, signed=False)
+    a = params_from_range(torch.tensor(-1.0), torch.tensor(2.0), spec)
+    b = params_from_range(torch.tensor(-1.0), torch.tensor(3.0), spec)
+
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q1, self.q2, self.q3 = FakeQuantize(a), FakeQuantize(a), FakeQuantize(b)
+
+        def forward(self, x):
+            return self.q1(x) + self.q2(x) * self.q3(x)
+
+    class Leaves(fx.Tracer):
+        def is_leaf_module(self, m, name):
+            return isinstance(m, FakeQuantize) or super().is_leaf_module(m, name)
+
+    mod = M()
+    gm = fx.GraphModule(mod, Leaves().trace(mod))
+    x = torch.randn(4, 5) * 2
+    want = gm(x)
+    out = share_quantizers(gm)
+    fqs = [n for n in out.graph.nodes if n.op == "call_module"]
+    assert [n.target for n in fqs] == ["q1", "q3"]          # q2 equals q1 on the same tensor; q3 differs
+    assert out.meta["qhyvit_shared_quantizers"] == 1 and not hasattr(out, "q2")
+    assert torch.equal(out(x), want)

@@ -14,6 +14,7 @@ from ..decisions import Decisions, DecisionsError
 from ..modules import QuantConv2d, QuantLinear, make_quantizer
 from ..quantizer import QParams
 from .annotate import ANNOTATION
+from .share_quantizers import share_quantizers
 
 RECORDER = "qhyvit_calib_recorder"
 
@@ -112,6 +113,7 @@ def convert_graph(prepared: fx.GraphModule, decisions: Decisions) -> fx.GraphMod
     g.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
+    gm = share_quantizers(gm)
     gm.meta["qhyvit_decisions"] = decisions
     gm.meta["qhyvit_converted"] = True
     return gm
