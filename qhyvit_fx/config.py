@@ -90,6 +90,9 @@ class QConfig:
     grad_source: str = "kl"            # kl: (dKL/dO)^2 at the MinMax-quantized graph (paper); fisher: diagonal
                                        # Fisher of the float predictions, sum_y p_y (d log p_y / dO)^2
     fisher_classes: int = 10           # most likely classes summed for the Fisher
+    grad_damping: float = 0.01         # g^2 + grad_damping * mean(g^2) per layer (as GPTQ damps its Hessian):
+                                       # outputs with zero gradient on the calibration images would make every
+                                       # clipping candidate free, and the search picked the smallest scale
     act_cv: bool = True                # score activation candidates by K-fold validation over images
     cv_folds: int = 4
     bias_correction: bool = False      # remove each conv/linear's mean quantization shift (decisions: bias_delta)
@@ -123,6 +126,8 @@ class QConfig:
         if self.weight_range_bits is not None and not 2 <= self.weight_range_bits <= 8:
             raise ConfigError("weight_range_bits must be between 2 and 8")
         check_device(self.device)
+        if not self.grad_damping >= 0:
+            raise ConfigError(f"grad_damping={self.grad_damping!r} must be >= 0 (0 turns damping off)")
         if self.grad_source not in ("kl", "fisher"):
             raise ConfigError(f"grad_source={self.grad_source!r} is not one of kl, fisher")
         if self.rounds < 1 or self.n_candidates < 1:

@@ -229,3 +229,36 @@ def test_grouped_layer_forward_with_candidate_weights():
     assert out.shape == (n, S, g * Cg)
     want = torch.cat([x[:, i * Kg:(i + 1) * Kg] @ w[:, i * Cg:(i + 1) * Cg].transpose(-1, -2) for i in range(g)], -1)
     assert torch.allclose(out, want, atol=1e-5)
+
+
+def test_damping_keeps_zero_gradient_channels_from_clipping_to_nothing():
+    """An output channel whose gradient is zero on every calibration row makes every weight
+    candidate tie at zero error; without damping the search took the smallest scale (1 % of the
+    range) for it -- Mobile-Former's dynamic-ReLU failure."""
+    from qhyvit_fx.calibration import _damped
+    from qhyvit_fx.quantizer import QSpec, channel_minmax
+    from qhyvit_fx.search.hybrid import search_weighted
+    from qhyvit_fx.search.problem import ActStats, SearchOptions, WeightedLayerProblem
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 16, generator=g)
+    w = torch.randn(4, 16, generator=g)
+    out = x @ w.T
+    grad2 = torch.rand(64, 4, generator=g)
+    grad2[:, 0] = 0.0                                   # channel 0: never matters on these rows
+    lo, hi = channel_minmax(w, 0)
+    amax = torch.maximum(lo.abs(), hi.abs())
+
+    def chosen(g2):
+        p = WeightedLayerProblem(
+            name="fc", patches=x, weight=w, bias=None, out_fp=out, grad2=g2, groups=1, col_channel=torch.arange(16),
+            act_stats=ActStats(x.min(), x.max(), x.min(0).values, x.max(0).values),
+            w_spec=QSpec(bits=4, symmetric=True, per_channel=True), a_spec=QSpec(bits=8, symmetric=False, signed=False))
+        res = search_weighted(p, SearchOptions(rounds=1, search_granularity=False, search_scheme=False))
+        return res.weight.scale * res.weight.spec.qmax / amax           # chosen fraction per channel
+
+    assert float(chosen(grad2)[0]) < 0.02                               # undamped: the 0.01 candidate
+    damped = chosen(_damped(grad2, 0.01))
+    assert float(damped[0]) > 0.5                                       # damped: a real range
+    assert torch.allclose(damped[1:], chosen(grad2)[1:], atol=0.03)     # other channels barely move
+    assert torch.equal(_damped(grad2, 0.0), grad2)
+    assert torch.allclose(_damped(grad2, 0.01), grad2 + 0.01 * grad2.mean())

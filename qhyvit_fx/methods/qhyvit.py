@@ -118,5 +118,6 @@ class QHyViT(Method):
                 "search": {"rounds": cfg.rounds, "candidates": cfg.n_candidates + 1, "alpha": cfg.alpha,
                            "beta": cfg.beta, "granularity": cfg.search_granularity, "scheme": cfg.search_scheme,
                            "scale": cfg.search_scale, "bridge_objective": cfg.bridge_objective,
+                           "grad_damping": cfg.grad_damping,
                            "max_positions": cfg.max_positions, "exhaustive": cfg.exhaustive}}
         return Decisions(layers, meta)
