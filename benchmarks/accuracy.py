@@ -32,6 +32,7 @@ VARIANTS = {
     "qhyvit-paper": dict(method="qhyvit", act_cv=False),
     "qhyvit-fisher": dict(method="qhyvit", grad_source="fisher"),
     "qhyvit-bc": dict(method="qhyvit", bias_correction=True),
+    "qhyvit-nodamp": dict(method="qhyvit", grad_damping=0.0),
     # Table 5 ablation: scale only, + granularity, + scheme, + bridge objective, + K-fold validation
     "abl-scale": dict(method="qhyvit", search_granularity=False, search_scheme=False, bridge_objective=False,
                       act_cv=False),

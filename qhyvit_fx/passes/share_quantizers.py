@@ -8,7 +8,6 @@ fans out into several Q nodes stays in float).  GraphModule in, GraphModule out,
 """
 from __future__ import annotations
 
-import torch
 import torch.fx as fx
 
 from ..modules import FakeQuantize
@@ -21,6 +20,7 @@ def _key(m: FakeQuantize) -> tuple:
 def share_quantizers(gm: fx.GraphModule) -> fx.GraphModule:
     g = gm.graph
     merged = 0
+    order = {n: i for i, n in enumerate(g.nodes)}
     for node in list(g.nodes):
         seen = {}
         for u in list(node.users):
@@ -34,7 +34,7 @@ def share_quantizers(gm: fx.GraphModule) -> fx.GraphModule:
                 seen[k] = u
                 continue
             first = seen[k]
-            if list(g.nodes).index(u) < list(g.nodes).index(first):
+            if order[u] < order[first]:
                 first, u = u, first
                 seen[k] = first
             u.replace_all_uses_with(first)

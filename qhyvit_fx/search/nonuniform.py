@@ -63,10 +63,6 @@ def log_params(kind: str, bits: int, stats: ActStats) -> QParams:
     return QParams(QSpec(bits=bits, symmetric=False, kind=kind), torch.tensor(top), torch.zeros((), dtype=torch.int32))
 
 
-def _quant(x: torch.Tensor, qp: QParams, axis: Optional[int] = None) -> torch.Tensor:
-    return quant_dequant(x, qp, axis)
-
-
 def _weighted_out(p: WeightedLayerProblem, xq: torch.Tensor, weight: Optional[QParams]) -> torch.Tensor:
     wq = p.weight if weight is None else fake_quant(p.weight, weight.scale, weight.zero_point, weight.spec.qmin,
                                                     weight.spec.qmax, 0 if weight.spec.per_channel else None)
@@ -78,14 +74,14 @@ def objective(p: Union[WeightedLayerProblem, MatmulProblem], inputs: List[QParam
               weight: Optional[QParams] = None) -> float:
     """``sum g^2 (O_q - O_fp)^2`` on the problem's rows for the given decisions."""
     if isinstance(p, MatmulProblem):
-        o = _quant(p.a, inputs[0]) @ _quant(p.b, inputs[1])
+        o = quant_dequant(p.a, inputs[0]) @ quant_dequant(p.b, inputs[1])
     else:
         qp = inputs[0]
         x = p.patches
         if qp.spec.per_channel:
             xq = fake_quant(x, qp.scale[p.col_channel], qp.zero_point[p.col_channel], qp.spec.qmin, qp.spec.qmax, -1)
         else:
-            xq = _quant(x, qp)
+            xq = quant_dequant(x, qp)
         o = _weighted_out(p, xq, weight)
     return float((p.grad2 * (o - p.out_fp) ** 2).sum())
 
