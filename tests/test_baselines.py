@@ -336,3 +336,23 @@ def test_non_uniform_and_full_mode_graphs_export_and_match_in_onnxruntime(tiny, 
             want = qm(tiny_images[:4]).numpy()
         # rounding ties may fall differently in float ops: allow a few quantization steps of logits
         assert np.abs(got - want).max() < 0.05 * np.abs(want).max(), kw
+
+
+def test_repq_vit_reparameterises_a_functional_group_norm():
+    """timm's GroupNorm1 captures as F.group_norm reading its module's weight/bias (MobileViT-v2)."""
+    from timm.layers import GroupNorm1
+    from qhyvit_fx.decisions import Decisions
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), GroupNorm1(8), torch.nn.Conv2d(8, 8, 1)).eval()
+    with torch.no_grad():
+        m[1].weight.uniform_(0.2, 3.0)
+        m[1].bias.uniform_(-1, 1)
+    x = torch.randn(16, 3, 8, 8)
+    pm, qm = _run(m, x, method="repq-vit", w_bits=6, a_bits=6)
+    dec = pm.meta["qhyvit_decisions"]
+    assert dec.layers["2"].reparam is not None and dec.layers["2"].reparam["norm"] == "1"
+    plain = Decisions.from_dict(dec.to_dict())
+    for d in plain.layers.values():
+        d.weight, d.inputs = None, {i: None for i in d.inputs}
+    with torch.no_grad():
+        assert torch.allclose(q.convert(pm, plain)(x), m(x), atol=1e-5)

@@ -32,6 +32,20 @@ def reparam_params(ch_lo: torch.Tensor, ch_hi: torch.Tensor, spec) -> tuple:
     return QParams(spec.with_(per_channel=False, axis=0), s, z.to(torch.int32)), r, t
 
 
+def _norm_owner(norm_node: fx.Node) -> Optional[str]:
+    """The module holding a norm's affine parameters: the norm module itself, or, for a functional
+    norm (timm's GroupNorm1 captures as F.group_norm), the one module whose ``weight`` and ``bias``
+    it reads through get_attr."""
+    if norm_node.op == "call_module":
+        return norm_node.target
+    attrs = [a.target for a in list(norm_node.args) + list(norm_node.kwargs.values())
+             if isinstance(a, fx.Node) and a.op == "get_attr"]
+    owners = {t.rsplit(".", 1)[0] for t in attrs if "." in t}
+    if len(attrs) == 2 and len(owners) == 1 and {t.rsplit(".", 1)[1] for t in attrs} == {"weight", "bias"}:
+        return owners.pop()
+    return None
+
+
 @register_method
 class RepQViT(MinMax):
     """Li et al., "RepQ-ViT: Scale reparameterization for post-training quantization of vision
@@ -62,7 +76,8 @@ class RepQViT(MinMax):
         ann = node.meta[ANNOTATION]
         norm_node = next(n for n in prepared.graph.nodes if n.name == src)
         mod = prepared.get_submodule(node.target)
-        norm = prepared.get_submodule(norm_node.target) if norm_node.op == "call_module" else None
+        owner = _norm_owner(norm_node)
+        norm = prepared.get_submodule(owner) if owner is not None else None
         if norm is None or getattr(norm, "weight", None) is None:
             return "not applied: the norm has no affine parameters"
         if isinstance(mod, nn.Conv2d) and (mod.groups != 1 or tuple(mod.kernel_size) != (1, 1)):
@@ -76,5 +91,5 @@ class RepQViT(MinMax):
         d.inputs[0] = qp
         w = mod.weight.detach() * r.reshape((1, -1) + (1,) * (mod.weight.dim() - 2))
         d.weight = weight_minmax(w, ann.weight)
-        d.reparam = {"norm": norm_node.target, "in_scale": r, "in_shift": t}
-        return f"applied: scales of {norm_node.target} (r in {float(r.min()):.3g}..{float(r.max()):.3g})"
+        d.reparam = {"norm": owner, "in_scale": r, "in_shift": t}
+        return f"applied: scales of {owner} (r in {float(r.min()):.3g}..{float(r.max()):.3g})"

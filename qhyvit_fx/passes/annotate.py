@@ -92,7 +92,11 @@ def _producer(gm: fx.GraphModule, arg) -> tuple:
     k = classify(gm, n)
     if k in (Kind.ACT, Kind.NORM):
         m = node_module(gm, n)
-        if m is not None:
+        if isinstance(m, nn.LayerNorm):          # subclasses too (timm's LayerNorm, GroupNorm1, ...)
+            name = "layernorm"
+        elif isinstance(m, nn.GroupNorm):
+            name = "groupnorm"
+        elif m is not None:
             name = type(m).__name__.lower()
         else:
             name = getattr(n.target, "__name__", str(n.target)).lower()
