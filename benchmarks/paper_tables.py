@@ -43,7 +43,8 @@ def plan(args):
     models = [m for m in args.models if m != IMAGENET_CONTROL] + [m for m in args.models if m == IMAGENET_CONTROL]
     for m in models:
         if "1" in args.tables:
-            cells += [("1", m, v, b) for b in ("w8a8", "w6a6") for v in args.methods]
+            bits = args.control_bits if m == IMAGENET_CONTROL else ("w8a8", "w6a6")
+            cells += [("1", m, v, b) for b in bits for v in args.methods]
         if "3" in args.tables and m != IMAGENET_CONTROL:      # no norm / softmax / attention in lite0
             cells += [("3", m, f"{v}-full", "w8a8") for v in args.methods]
         if "5" in args.tables and m in args.ablation_models:
@@ -132,6 +133,8 @@ def main():
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--ablation-models", nargs="+", default=["mobilevit_xxs"])
     ap.add_argument("--ablation-bits", nargs="+", default=["w8a8", "w6a6"])
+    ap.add_argument("--control-bits", nargs="+", default=["w8a8", "w6a6"], choices=["w8a8", "w6a6"],
+                    help="Table 1 bit widths for the ImageNet control (224 px: its searches are the slowest cells)")
     ap.add_argument("--eval-images", type=int, default=1000, help="seeded test subset per model (0: all)")
     ap.add_argument("--out", default=OUT, help="folder for the .md/.csv tables and bars.png")
     args = ap.parse_args()
