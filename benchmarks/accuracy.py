@@ -80,11 +80,18 @@ def config_for(variant: str, bits: str):
     return q.QConfig(w_bits=w, a_bits=a, **kw)
 
 
+def lookup(name, variant, bits, images: int):
+    """The cached cell, or None; a cell whose config differs from today's (a changed default)
+    does not count."""
+    hit = cached("accuracy", {"model": name, "variant": variant, "bits": bits, "images": images})
+    return hit if hit is not None and hit.get("config") == config_for(variant, bits).to_dict() else None
+
+
 def cell(name, variant, bits, lm, calib, batches, fp, labels, ort: bool):
     key = {"model": name, "variant": variant, "bits": bits, "images": len(labels)}
     cfg = config_for(variant, bits)
-    hit = cached("accuracy", key)
-    if hit is not None and hit.get("config") == cfg.to_dict():      # a changed config (default) recomputes
+    hit = lookup(name, variant, bits, len(labels))
+    if hit is not None:
         return hit
     import qhyvit_fx as q
     from qhyvit_fx.export import export_onnx, ort_callable

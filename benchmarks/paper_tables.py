@@ -28,7 +28,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from accuracy import cell, metrics, run_model  # noqa: E402
+from accuracy import cell, lookup, metrics, run_model  # noqa: E402
 from common import CIFAR_MODELS, HERE, IMAGENET_CONTROL, RESULTS, load, splits, write_json  # noqa: E402
 
 METHODS = ("minmax", "easyquant", "ptq4vit", "repq-vit", "fq-vit", "qhyvit")
@@ -136,6 +136,8 @@ def main():
     ap.add_argument("--control-bits", nargs="+", default=["w8a8", "w6a6"], choices=["w8a8", "w6a6"],
                     help="Table 1 bit widths for the ImageNet control (224 px: its searches are the slowest cells)")
     ap.add_argument("--eval-images", type=int, default=1000, help="seeded test subset per model (0: all)")
+    ap.add_argument("--cached-only", action="store_true",
+                    help="build the tables from cached cells only; missing cells show '-'")
     ap.add_argument("--out", default=OUT, help="folder for the .md/.csv tables and bars.png")
     args = ap.parse_args()
     from tqdm import tqdm
@@ -153,7 +155,12 @@ def main():
             res.setdefault(model, {})["float"] = metrics(fp, fp, labels)
         lm, calib, batches, fp, labels = loaded[model]
         bar.set_postfix_str(f"{model} {variant} {bits}")
-        r = cell(model, variant, bits, lm, calib, batches, fp, labels, ort=False)
+        if args.cached_only:
+            r = lookup(model, variant, bits, len(labels))
+            if r is None:
+                continue
+        else:
+            r = cell(model, variant, bits, lm, calib, batches, fp, labels, ort=False)
         res[model].setdefault(variant, {})[bits] = _row(r, res[model]["float"]["top1"])
         write_json(os.path.join(RESULTS, "paper_tables.json"), res)
     os.makedirs(args.out, exist_ok=True)
