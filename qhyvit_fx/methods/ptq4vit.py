@@ -42,7 +42,7 @@ class PTQ4ViT(QHyViT):
             cands = twin_candidates(role, inputs[i].spec.bits, stats[i], opts.fractions)
             inputs[i], _ = refine_input(p, i, inputs, weight, cands)
             res.info[f"input_{i}_twin"] = role
-        if inputs != list(res.inputs):
+        if any(k.endswith("_twin") for k in res.info):
             res.inputs = inputs
             res.error_after = objective(p, inputs, weight)
         return res

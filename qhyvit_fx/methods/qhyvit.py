@@ -71,8 +71,8 @@ class QHyViT(Method):
         """All decisions in graph order: the searched layers', and MinMax ranges for the ops that
         full mode quantizes without a search (paper: "unoptimized scaling factors are initialized
         with minimum and maximum values")."""
-        return {n.meta[ANNOTATION].layer: layers.get(n.meta[ANNOTATION].layer) or init.layers[n.meta[ANNOTATION].layer]
-                for n in quantized_layers(prepared)}
+        names = [n.meta[ANNOTATION].layer for n in quantized_layers(prepared)]
+        return {name: layers.get(name) or init.layers[name] for name in names}
 
     def decide(self, prepared: fx.GraphModule, images: Optional[torch.Tensor]) -> Decisions:
         cfg = self.config
