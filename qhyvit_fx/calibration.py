@@ -478,7 +478,7 @@ def _damped(grad2: torch.Tensor, damping: float) -> torch.Tensor:
     """Squared output gradients with a floor of ``damping`` x their mean.  Mobile-Former's
     dynamic-ReLU coefficients have exactly zero gradient where a branch never wins on the 32
     calibration images; undamped, every clipping candidate then ties at zero error there and the
-    search took the smallest scale, which new images punish (W8A8 agreement 66.8 % vs 98.0 % damped)."""
+    search took the smallest scale, which new images punish (W8A8 agreement 65.4 % vs 98.4 % damped, benchmarks/RESULTS.md)."""
     return grad2 + damping * grad2.mean() if damping and grad2.numel() else grad2
 
 
