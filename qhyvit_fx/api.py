@@ -15,6 +15,7 @@ from .methods.minmax import CalibrationError
 from .passes.annotate import annotate
 from .passes.cleanup import remove_noops
 from .passes.convert import RECORDER, convert_graph
+from .passes.decompose_silu import decompose_silu
 from .passes.fold_bn import fold_batchnorm
 from .passes.functional_conv import functional_convs_to_modules
 from .passes.insert_observers import insert_observers
@@ -50,6 +51,8 @@ def prepare(model: torch.nn.Module, example_inputs: Any, config: Optional[QConfi
     gm = functional_convs_to_modules(gm)
     gm = fold_batchnorm(gm)
     gm = tag_bridges(gm)
+    if config.mode == "integer":
+        gm = decompose_silu(gm)
     gm = annotate(gm, config)
     gm = insert_observers(gm, record_images=config.calib_images if method.needs_images else 0)
     gm.meta["qhyvit_prepared"] = True

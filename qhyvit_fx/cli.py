@@ -340,9 +340,11 @@ def _add_quant(p):
     p.add_argument("--bits", default="w8a8", help="w8a8 | w6a6 | w4a8 | w4a4 | wNaM (default w8a8)")
     p.add_argument("--method", default="minmax",
                    help="calibration method: minmax (default), qhyvit, easyquant, ptq4vit, repq-vit, fq-vit")
-    p.add_argument("--mode", default="partial", choices=("partial", "full"),
+    p.add_argument("--mode", default="partial", choices=("partial", "full", "integer"),
                    help="partial: conv/linear/matmul inputs and weights (paper Table 1, default); full: also "
-                        "the inputs of norms, softmax, activations and residual adds (Table 2)")
+                        "the inputs of norms, softmax, activations and residual adds (Table 2); integer: full "
+                        "plus products, sigmoids (SiLU split into x*sigmoid(x)) and concats, each tensor "
+                        "quantized once, so onnxruntime runs them as QLinear ops (fastest ONNX)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--kernel", default="auto", choices=("auto", "avx2", "vnni", "arm", "none"),
                    help="integer kernels the ONNX will run on: avx2 limits 8-bit weights to 7-bit codes so "

@@ -10,7 +10,7 @@ from .quantizer import QSpec
 GRANULARITIES = ("tensor", "channel")
 SCHEMES = ("symmetric", "asymmetric")
 LAYER_POLICIES = ("quantize", "float", "8bit")
-MODES = ("partial", "full")
+MODES = ("partial", "full", "integer")
 TARGETS = ("fakequant", "ort")
 
 
@@ -57,6 +57,14 @@ class QConfig:
     defaults below are the naive MinMax baseline's choices (per-channel
     symmetric weights, per-tensor asymmetric activations); the ``qhyvit``
     method searches granularity, scheme and scale per layer instead.
+
+    ``mode="full"`` (Table 2) also quantizes the inputs of norms, softmax,
+    smooth activations and residual adds.  ``mode="integer"`` is full mode
+    for deployment: products of two activations and sigmoids are quantized
+    too (SiLU is split into x * sigmoid(x)), ops read by a Concat get an
+    output quantizer, and every reader of a quantized tensor reads the
+    quantized value, so onnxruntime runs adds, products, sigmoids, softmax
+    and concats as QLinear ops and tensors stay in integers between layers.
     """
 
     w_bits: int = 8

@@ -2,12 +2,13 @@
 
 Activations export as QuantizeLinear -> [Clip] -> DequantizeLinear, weights as
 int8 initializers -> DequantizeLinear (see :mod:`qhyvit_fx.modules`).  The
-legacy TorchScript exporter is used (opset 17, under a second for these
+legacy TorchScript exporter is used (opset 20, under a second for these
 models); ``onnx.checker`` validates the result, and the file is written
 atomically.
 """
 from __future__ import annotations
 
+import copy
 import io
 import os
 import warnings
@@ -17,15 +18,25 @@ import torch
 import torch.fx as fx
 
 from .decisions import atomic_write_bytes
+from .passes.lower_group_norm import lower_group_norm
+from .passes.specialize_shapes import specialize_shapes
 
 
 class ExportError(RuntimeError):
     """The model could not be exported; the message says why."""
 
 
-def export_onnx(qm: fx.GraphModule, path: str, example_input: Optional[torch.Tensor] = None, opset: int = 17,
-                dynamic_batch: bool = True) -> str:
-    """Write ``qm`` as QDQ ONNX to ``path``; returns the path."""
+OPSET = 20      # 20 has Gelu as one op (opset 17 spells it Div/Erf/Add/Mul/Mul: five float nodes per GELU)
+
+
+def export_onnx(qm: fx.GraphModule, path: str, example_input: Optional[torch.Tensor] = None, opset: int = OPSET,
+                dynamic_batch: bool = True, specialize: bool = True) -> str:
+    """Write ``qm`` as QDQ ONNX to ``path``; returns the path.
+
+    ``specialize`` (default): export a copy on which shape arithmetic is folded to constants (the
+    batch stays dynamic) and one-group GroupNorms are lowered to LayerNorm; see
+    :mod:`qhyvit_fx.passes.specialize_shapes` and :mod:`qhyvit_fx.passes.lower_group_norm`.  This
+    only removes shape bookkeeping nodes; ``qm`` itself is not changed."""
     import onnx
 
     if example_input is None:
@@ -36,6 +47,8 @@ def export_onnx(qm: fx.GraphModule, path: str, example_input: Optional[torch.Ten
     out_dir = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(out_dir):
         raise ExportError(f"output folder '{out_dir}' does not exist; create it or choose another path")
+    if specialize:
+        qm = specialize_shapes(lower_group_norm(copy.deepcopy(qm), example_input), example_input)
     buf = io.BytesIO()
     qm.eval()
     with warnings.catch_warnings(), torch.no_grad():

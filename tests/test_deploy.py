@@ -126,3 +126,29 @@ def test_full_mode_keeps_every_layer_in_integer_kernels(tmp_path, tiny, tiny_ima
     # full mode adds quantizers on the inputs of 3 LayerNorms, the softmax, the SiLUs and 3 adds
     # (6 operands); where such an input already carries a layer's output quantizer it is shared
     assert counts["full"] > counts["partial"] + 6
+
+
+def test_integer_mode_runs_silu_and_residual_adds_in_integer_kernels(tmp_path, tiny, tiny_images):
+    reps, ratios = {}, {}
+    x = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(9))
+    for mode in ("partial", "integer"):
+        d = tmp_path / mode
+        d.mkdir()
+        qm, path = _export(d, tiny, tiny_images, method="minmax", target="ort", weight_range_bits=7, mode=mode)
+        reps[mode] = rep = check_onnx(path)
+        assert len(rep.ops) == 14 and rep.integer_count == 14, mode
+        with torch.no_grad():
+            ref = qm(x)
+        out = ort_callable(path)(x)
+        assert (out.argmax(1) == ref.argmax(1)).float().mean().item() >= 0.95, mode
+        ratios[mode] = (out - ref).abs().max().item() / ref.abs().max().item()
+    part, integ = reps["partial"].optimized_ops, reps["integer"].optimized_ops
+    # the stem's and the dw block's SiLU (x * sigmoid(x)) and the three residual adds (dw block, two in
+    # the transformer) run on integers; in partial mode all of them stay float
+    assert integ.get("QLinearSigmoid") == 2 and integ.get("QLinearMul") == 2 and integ.get("QLinearAdd") == 3
+    assert integ.get("QLinearConcat") == 1       # the MobileViT block joins its shortcut on integers too
+    assert not any(k in part for k in ("QLinearSigmoid", "QLinearMul", "QLinearAdd", "QLinearConcat"))
+    assert "Sigmoid" not in integ and "QuickGelu" not in integ
+    # fewer float <-> integer conversions
+    assert integ["QuantizeLinear"] + integ["DequantizeLinear"] < part["QuantizeLinear"] + part["DequantizeLinear"]
+    assert ratios["integer"] < 0.08

@@ -156,3 +156,87 @@ def test_share_quantizers_merges_equal_quantizers_of_one_tensor():
     assert [n.target for n in fqs] == ["q1", "q3"]          # q2 equals q1 on the same tensor; q3 differs
     assert out.meta["qhyvit_shared_quantizers"] == 1 and not hasattr(out, "q2")
     assert torch.equal(out(x), want)
+
+
+def _specialized(model, x):
+    from qhyvit_fx.passes.specialize_shapes import specialize_shapes
+    gm = capture(model, x[:1])
+    return gm, specialize_shapes(copy.deepcopy(gm), x[:1])
+
+
+def _shape_reads(gm):
+    return [n for n in gm.graph.nodes if (n.op == "call_method" and n.target == "size")
+            or (n.op == "call_function" and n.target is getattr and n.args[1] == "shape")]
+
+
+def test_specialize_shapes_folds_reshape_targets_and_keeps_the_batch_free(tiny):
+    x = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    gm, sm = _specialized(tiny, x)
+    # the MobileViT block's unfold (3) and fold (3) reshapes and the attention's qkv / output reshapes (2)
+    assert sm.meta["qhyvit_specialized_shapes"] == 8
+    # what still reads a shape is timm's attention-mask helper (it returns no mask), no reshape
+    assert len(_shape_reads(gm)) > len(_shape_reads(sm))
+    assert all("mask" in str(u.target) for r in _shape_reads(sm) for g in r.users for u in g.users)
+    reshapes = [n for n in sm.graph.nodes if n.op == "call_method" and n.target in ("reshape", "view")]
+    assert len(reshapes) == 8 and all(not any(isinstance(a, torch.fx.Node) for a in n.args[1:]) for n in reshapes)
+    assert all([a == -1 for a in n.args[1:]] == [True] + [False] * (len(n.args) - 2) for n in reshapes)
+    for b in (1, 2, 5):
+        assert torch.equal(sm(x[:b]), gm(x[:b]))
+
+
+def test_specialize_shapes_leaves_what_it_cannot_prove():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = nn.Parameter(torch.randn(1, 6))
+
+        def forward(self, x):
+            b = x.shape[0]
+            y = x.reshape(b, -1)                                  # -> (-1, 12)
+            m = y.mean(1, keepdim=True).expand_as(y)              # batch kept by the input: -> expand(-1, 12)
+            p = self.p.expand(b, 6)                               # size-1 dim broadcast to the batch: kept
+            sq = y[:, :6].unsqueeze(0).expand(b, b, 6)            # two dims move with the batch: kept
+            return (y + m)[:, :6] + p + sq.sum(0)
+
+    x = torch.randn(4, 3, 2, 2)
+    gm, sm = _specialized(M(), x)
+    assert sm.meta["qhyvit_specialized_shapes"] == 2
+    kept = [n for n in sm.graph.nodes if n.op == "call_method" and n.target == "expand"
+            and any(isinstance(a, torch.fx.Node) for a in n.args[1:])]
+    assert len(kept) == 2
+    for b in (1, 3, 4):
+        assert torch.equal(sm(x[:b]), gm(x[:b]))
+
+
+def test_lower_group_norm_matches_group_norm():
+    import torch.nn.functional as F
+    from qhyvit_fx.passes.lower_group_norm import lower_group_norm
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w, self.b = nn.Parameter(torch.rand(8) + 0.5), nn.Parameter(torch.randn(8))
+
+        def forward(self, x):
+            return F.group_norm(x, 1, self.w, self.b, 1e-5) + F.group_norm(x, 2, self.w, self.b, 1e-5)
+
+    x = torch.randn(3, 8, 5, 5) * 3 + 1
+    gm = capture(M(), x[:1])
+    want = gm(x)
+    lm = lower_group_norm(gm, x[:1])
+    assert lm.meta["qhyvit_lowered_group_norms"] == 1                 # the two-group norm is not touched
+    targets = [n.target for n in lm.graph.nodes if n.op == "call_function"]
+    assert targets.count(F.group_norm) == 1 and targets.count(F.layer_norm) == 1
+    assert torch.allclose(lm(x), want, atol=1e-5)
+
+
+def test_decompose_silu_splits_every_silu(tiny, tiny_images):
+    from qhyvit_fx.passes.decompose_silu import decompose_silu
+    gm = capture(tiny, tiny_images[:1])
+    n_silu = sum(n.op == "call_module" and isinstance(gm.get_submodule(n.target), nn.SiLU) for n in gm.graph.nodes)
+    want = gm(tiny_images)
+    dm = decompose_silu(gm)
+    assert n_silu == 2 and dm.meta["qhyvit_decomposed_silu"] == n_silu       # stem and dw block (the ViT block uses ReLU)
+    assert not any(isinstance(m, nn.SiLU) for m in dm.modules())
+    assert sum(n.target is torch.sigmoid for n in dm.graph.nodes) == n_silu
+    assert torch.allclose(dm(tiny_images), want, atol=1e-6)

@@ -17,12 +17,12 @@ import torch.fx as fx
 import torch.nn as nn
 
 from ..config import QConfig
-from ..patterns.kinds import Kind, activation_nodes, classify, layer_name, node_module, rank
+from ..patterns.kinds import Kind, activation_nodes, classify, is_tensor_node, layer_name, node_module, rank
 from ..quantizer import QSpec
 
 ANNOTATION = "qhyvit_quant"
 LAYER_KINDS = ("conv", "linear", "matmul")            # weighted layers / matmuls: searched by methods
-FULL_KINDS = ("norm", "softmax", "activation", "add")  # full mode: inputs quantized, ranges from MinMax
+FULL_KINDS = ("norm", "softmax", "activation", "add", "mul")  # full/integer mode: inputs quantized, MinMax ranges
 
 
 @dataclass
@@ -110,10 +110,12 @@ _FULL_ACTS = ("gelu", "silu", "hardswish", "hardsigmoid", "sigmoid", "tanh", "mi
               "leaky_relu")
 
 
-def _full_mode_inputs(gm: fx.GraphModule, node: fx.Node, live: set):
+def _full_mode_inputs(gm: fx.GraphModule, node: fx.Node, live: set, integer: bool = False):
     """(kind, input indices, per-channel axes) of a node full mode quantizes, else None.
     ReLU/ReLU6 inputs are not quantized: the quantizer after the op that feeds them already
-    implies the clip (and onnxruntime folds it)."""
+    implies the clip (and onnxruntime folds it).  ``integer`` mode adds products of two
+    activations (SiLU's x * sigmoid(x) once decomposed, gating, linear attention), which
+    onnxruntime then runs as QLinearMul."""
     k = classify(gm, node)
     tensor_arg = lambda i: len(node.args) > i and isinstance(node.args[i], fx.Node) and node.args[i] in live
     if k == Kind.NORM and tensor_arg(0):
@@ -130,6 +132,9 @@ def _full_mode_inputs(gm: fx.GraphModule, node: fx.Node, live: set):
         return "activation", [0], {0: None}
     if node.op == "call_function" and node.target in (operator.add, torch.add) and tensor_arg(0) and tensor_arg(1):
         return "add", [0, 1], {0: None, 1: None}
+    if integer and node.op == "call_function" and node.target in (operator.mul, torch.mul) and tensor_arg(0) \
+            and tensor_arg(1) and is_tensor_node(node.args[0]) and is_tensor_node(node.args[1]):
+        return "mul", [0, 1], {0: None, 1: None}
     return None
 
 
@@ -196,12 +201,12 @@ def annotate(gm: fx.GraphModule, config: QConfig) -> fx.GraphModule:
             bridge_role=b["role"] if b else None,
             producers={j: _producer(gm, node.args[j]) for j in idxs})
         used.add(name)
-    if config.mode == "full":
+    if config.mode in ("full", "integer"):
         live = activation_nodes(gm)
         for node in gm.graph.nodes:
             if ANNOTATION in node.meta:
                 continue
-            found = _full_mode_inputs(gm, node, live)
+            found = _full_mode_inputs(gm, node, live, integer=config.mode == "integer")
             if found is None:
                 continue
             kind, idxs, axes = found
@@ -214,5 +219,36 @@ def annotate(gm: fx.GraphModule, config: QConfig) -> fx.GraphModule:
                 layer=name, kind=kind, weight=None, inputs=inputs, input_axes=axes,
                 bridge=b["id"] if b else None, bridge_role=b["role"] if b else None,
                 producers={j: _producer(gm, node.args[j]) for j in idxs})
+    if config.mode == "integer":
+        _integer_outputs(gm, config)
     gm.meta["qhyvit_config"] = config
     return gm
+
+
+def _float_reader(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether some reader of ``node``'s value (looking through layout ops) reads it unquantized."""
+    from ..patterns.kinds import metadata_read
+    for u in node.users:
+        if metadata_read(u) is not None:
+            continue
+        if classify(gm, u) == Kind.RESHAPE and u.args and u.args[0] is node:
+            if _float_reader(gm, u):
+                return True
+            continue
+        ann = u.meta.get(ANNOTATION)
+        if ann is None or not any(u.args[j] is node for j in ann.inputs if j < len(u.args)):
+            return True
+    return False
+
+
+def _integer_outputs(gm: fx.GraphModule, config: QConfig) -> None:
+    """Integer mode: an op full mode quantizes also gets an output quantizer when one of its readers
+    (a Concat, a pooling, the graph output) would read it in float.  onnxruntime fuses an op into its
+    integer kernel only when the op's output goes through a QuantizeLinear; the Concat behind it
+    then reads dequantized values and fuses too (QLinearConcat)."""
+    for node in gm.graph.nodes:
+        ann = node.meta.get(ANNOTATION)
+        if ann is None or ann.kind not in FULL_KINDS or ann.kind == "norm" or ann.output is not None:
+            continue
+        if _float_reader(gm, node):
+            ann.output = config.act_spec(config.a_bits).with_(per_channel=False, axis=0)

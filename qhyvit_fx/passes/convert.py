@@ -14,6 +14,7 @@ from ..decisions import Decisions, DecisionsError
 from ..modules import QuantConv2d, QuantLinear, make_quantizer
 from ..quantizer import QParams
 from .annotate import ANNOTATION
+from .quantize_every_use import quantize_every_use
 from .share_quantizers import share_quantizers
 
 RECORDER = "qhyvit_calib_recorder"
@@ -114,6 +115,9 @@ def convert_graph(prepared: fx.GraphModule, decisions: Decisions) -> fx.GraphMod
     gm.delete_all_unused_submodules()
     gm.recompile()
     gm = share_quantizers(gm)
+    config = prepared.meta.get("qhyvit_config")
+    if config is not None and config.mode == "integer":
+        gm = quantize_every_use(gm)
     gm.meta["qhyvit_decisions"] = decisions
     gm.meta["qhyvit_converted"] = True
     return gm
