@@ -17,6 +17,7 @@ from .passes.cleanup import remove_noops
 from .passes.convert import RECORDER, convert_graph
 from .passes.decompose_silu import decompose_silu
 from .passes.fold_bn import fold_batchnorm
+from .passes.fold_scales import fold_scales
 from .passes.functional_conv import functional_convs_to_modules
 from .passes.insert_observers import insert_observers
 from .patterns.bridges import tag_bridges
@@ -50,6 +51,7 @@ def prepare(model: torch.nn.Module, example_inputs: Any, config: Optional[QConfi
     gm = remove_noops(gm)
     gm = functional_convs_to_modules(gm)
     gm = fold_batchnorm(gm)
+    gm = fold_scales(gm)
     gm = tag_bridges(gm)
     if config.mode == "integer":
         gm = decompose_silu(gm)
@@ -124,6 +126,7 @@ def decide(qm: fx.GraphModule) -> Decisions:
     decisions.meta.setdefault("method", config.method)
     decisions.meta["w_bits"], decisions.meta["a_bits"] = config.w_bits, config.a_bits
     decisions.meta["target"] = config.target
+    decisions.meta["mode"] = config.mode
     decisions.meta["quantize_outputs"] = config.quantize_outputs or config.target == "ort"
     decisions.meta["weight_range_bits"] = config.weight_range_bits
     decisions.meta["calib_images"] = int(images.shape[0]) if images is not None else qm.meta.get("qhyvit_calib_count")

@@ -70,6 +70,12 @@ class CheckReport:
         for o in self.ops:
             kernels[o.kernel] = kernels.get(o.kernel, 0) + 1
         lines.append("  kernels: " + ", ".join(f"{k} {v}" for k, v in sorted(kernels.items())))
+        other = {k: v for k, v in self.optimized_ops.items() if k.startswith("QLinear") and k not in kernels}
+        if other:
+            lines.append("  other integer ops: " + ", ".join(f"{k} {v}" for k, v in sorted(other.items())))
+        conv = {k: self.optimized_ops[k] for k in ("QuantizeLinear", "DequantizeLinear") if k in self.optimized_ops}
+        if conv:
+            lines.append("  float<->integer conversions: " + ", ".join(f"{k} {v}" for k, v in conv.items()))
         islands = [o for o in self.ops if not o.integer]
         if islands:
             lines.append(f"  float islands ({len(islands)}):")

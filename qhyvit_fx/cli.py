@@ -232,7 +232,7 @@ def cmd_quantize(args) -> int:
                          "img_size": pre.img_size})
         dec.save(os.path.join(tmp, "decisions.json"))
         onnx_path = os.path.join(tmp, "model.onnx")
-        export_onnx(qm, onnx_path)
+        export_onnx(qm, onnx_path, weight_format=args.weight_format)
         log(f"quantized {len(dec.layers)} layers with {cfg.method} at {args.bits} in {secs:.1f} s"
             + (f" (weights limited to {cfg.weight_range_bits} bits for this CPU's integer kernels)"
                if cfg.weight_range_bits else ""))
@@ -268,7 +268,7 @@ def cmd_eval(args) -> int:
     if args.onnx:
         tmpdir = tempfile.mkdtemp(prefix="qhyvit-eval-")
         path = os.path.join(tmpdir, "model.onnx")
-        export_onnx(qm, path)
+        export_onnx(qm, path, weight_format=args.weight_format)
         models[f"{cfg.method} {args.bits} {_ort_label(cfg)}"] = ort_callable(path, optimize=_ort_opt(cfg))
     try:
         res, n = _eval_models(models, job.eval, pre, lm.meta.get("classes"), args.eval_images, args.seed,
@@ -296,11 +296,11 @@ def cmd_export(args) -> int:
     from .config import QConfig
     w_bits, a_bits = int(dec.meta.get("w_bits", 8)), int(dec.meta.get("a_bits", 8))
     cfg = QConfig(w_bits=w_bits, a_bits=a_bits, target=dec.meta.get("target", "fakequant"),
-                  quantize_outputs=bool(dec.meta.get("quantize_outputs", False)))
+                  mode=dec.meta.get("mode", "partial"), quantize_outputs=bool(dec.meta.get("quantize_outputs", False)))
     x = torch.zeros(1, 3, pre.img_size, pre.img_size)
     pm = api.prepare(lm.model, x, cfg)
     qm = api.convert(pm, dec)
-    export_onnx(qm, args.out)
+    export_onnx(qm, args.out, weight_format=args.weight_format)
     print(f"wrote {args.out} ({len(dec.layers)} layers from {args.decisions})")
     return 0
 
@@ -356,6 +356,10 @@ def _add_quant(p):
     p.add_argument("--act-scheme", default="asymmetric", choices=("asymmetric", "symmetric"),
                    help="activation scheme with --target ort: asymmetric uint8 (onnxruntime x86) or symmetric "
                         "int8 with zero-point 0 (TensorRT style)")
+    p.add_argument("--weight-format", default="int8", choices=("int8", "int4"),
+                   help="ONNX weight storage: int8 (default; onnxruntime's integer kernels read it) or int4 "
+                        "(with w_bits <= 4: half the weight bytes, opset 21; onnxruntime then runs those layers "
+                        "in float)")
     p.add_argument("--device", default="cpu", help="device for the Q-HyViT search: cpu (default) or cuda")
     p.add_argument("--eval-images", type=int, default=None, help="evaluate on a seeded subset of this size")
     p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images (with a count)")
@@ -393,6 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("--decisions", required=True, help="decisions.json from 'qhyvit quantize'")
     p.add_argument("--out", required=True, help="ONNX file to write")
+    p.add_argument("--weight-format", default="int8", choices=("int8", "int4"),
+                   help="weight storage (see 'qhyvit quantize --help')")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_export)
 

@@ -30,13 +30,19 @@ OPSET = 20      # 20 has Gelu as one op (opset 17 spells it Div/Erf/Add/Mul/Mul:
 
 
 def export_onnx(qm: fx.GraphModule, path: str, example_input: Optional[torch.Tensor] = None, opset: int = OPSET,
-                dynamic_batch: bool = True, specialize: bool = True) -> str:
+                dynamic_batch: bool = True, specialize: bool = True, weight_format: str = "int8") -> str:
     """Write ``qm`` as QDQ ONNX to ``path``; returns the path.
 
     ``specialize`` (default): export a copy on which shape arithmetic is folded to constants (the
     batch stays dynamic) and one-group GroupNorms are lowered to LayerNorm; see
     :mod:`qhyvit_fx.passes.specialize_shapes` and :mod:`qhyvit_fx.passes.lower_group_norm`.  This
-    only removes shape bookkeeping nodes; ``qm`` itself is not changed."""
+    only removes shape bookkeeping nodes; ``qm`` itself is not changed.
+
+    ``weight_format``: ``"int8"`` (default) stores weight codes in int8 containers, which
+    onnxruntime's integer kernels read (codes narrower than 8 bits, e.g. W6 or W4, are simply
+    smaller numbers in them).  ``"int4"`` stores weights whose codes fit in 4 bits as ONNX INT4
+    (opset 21), half the bytes; onnxruntime (1.32) has no int4 conv/gemm kernel, so it dequantizes
+    those weights and runs the layers in float -- the smallest file, not the fastest."""
     import onnx
 
     if example_input is None:
@@ -60,12 +66,98 @@ def export_onnx(qm: fx.GraphModule, path: str, example_input: Optional[torch.Ten
     model = onnx.load_from_string(buf.getvalue())
     model.producer_name = "qhyvit-fx"
     _compact_tensor_names(model)
+    _share_equal_initializers(model)
+    if weight_format == "int4":
+        if _int4_weights(model) == 0:
+            raise ExportError("weight_format int4: no weight has 4-bit codes; quantize with w_bits <= 4 "
+                              "(e.g. --bits w4a8) or use the default int8 format")
+    elif weight_format != "int8":
+        raise ExportError(f"weight_format '{weight_format}' is not one of int8, int4")
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as e:
         raise ExportError(f"exported ONNX failed onnx.checker: {e}") from e
     atomic_write_bytes(path, model.SerializeToString())
     return path
+
+
+def _int4_weights(model) -> int:
+    """Store int8 weight initializers that feed a DequantizeLinear and hold only codes in [-8, 7]
+    (with their zero points) as INT4; raises the default opset to 21, the first with INT4 Q/DQ
+    (the ops used here mean the same in 20 and 21).  Returns the number of weights converted."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    consts = {n.output[0]: n for n in g.node if n.op_type == "Constant"}
+
+    def int4_ok(name):
+        t = inits.get(name)
+        if t is None and name in consts:
+            t = consts[name].attribute[0].t
+        if t is not None and t.data_type == TensorProto.INT4:
+            return True                      # a zero point shared with a weight converted before
+        if t is None or t.data_type != TensorProto.INT8:
+            return None
+        a = numpy_helper.to_array(t)
+        return a if a.size and a.min() >= -8 and a.max() <= 7 else None
+
+    def replace(name, a):
+        flat = a.astype(np.int8).flatten()
+        if flat.size % 2:
+            flat = np.append(flat, np.int8(0))
+        nib = (flat & 0x0F).astype(np.uint8)
+        packed = nib[0::2] | (nib[1::2] << 4)           # two codes per byte, the first in the low nibble
+        t = helper.make_tensor(name, TensorProto.INT4, a.shape, packed.tobytes(), raw=True)
+        if name in inits:
+            inits[name].CopyFrom(t)
+        else:
+            consts[name].attribute[0].t.CopyFrom(t)
+
+    done = 0
+    for n in g.node:
+        if n.op_type != "DequantizeLinear" or n.input[0] not in inits or len(n.input) < 3:
+            continue
+        w, z = int4_ok(n.input[0]), int4_ok(n.input[2])
+        if w is None or w is True or z is None:
+            continue
+        replace(n.input[0], w)
+        if z is not True:
+            replace(n.input[2], z)
+        done += 1
+    if done:
+        for op in model.opset_import:
+            if op.domain in ("", "ai.onnx") and op.version < 21:
+                op.version = 21
+        model.ir_version = max(model.ir_version, 10)
+    return done
+
+
+def _share_equal_initializers(model) -> int:
+    """Initializers with the same type, shape and bytes become one (the exporter writes a separate
+    copy of each constant per op: e.g. the all-ones scale and all-zeros bias of every lowered
+    GroupNorm's LayerNormalization, C*H*W floats each).  Returns the number removed."""
+    import hashlib
+
+    from onnx import numpy_helper
+    g = model.graph
+    first, alias = {}, {}
+    for t in g.initializer:
+        key = (t.data_type, tuple(t.dims), hashlib.sha256(numpy_helper.to_array(t).tobytes()).hexdigest())
+        if key in first:
+            alias[t.name] = first[key]
+        else:
+            first[key] = t.name
+    if not alias:
+        return 0
+    for n in g.node:
+        for i, x in enumerate(n.input):
+            if x in alias:
+                n.input[i] = alias[x]
+    keep = [t for t in g.initializer if t.name not in alias]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    return len(alias)
 
 
 def _compact_tensor_names(model) -> None:

@@ -152,3 +152,5 @@ def test_integer_mode_runs_silu_and_residual_adds_in_integer_kernels(tmp_path, t
     # fewer float <-> integer conversions
     assert integ["QuantizeLinear"] + integ["DequantizeLinear"] < part["QuantizeLinear"] + part["DequantizeLinear"]
     assert ratios["integer"] < 0.08
+    text = reps["integer"].format()
+    assert "other integer ops: " in text and "QLinearMul 2" in text and "QLinearSigmoid 2" in text

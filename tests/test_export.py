@@ -59,3 +59,35 @@ def test_export_leaves_no_partial_file(tmp_path, tiny, tiny_images):
         export_onnx(qm, str(tmp_path / "missing" / "m.onnx"))
     assert not os.path.exists(tmp_path / "missing")
     assert os.listdir(tmp_path) == []
+
+
+def test_int4_weight_format_halves_weight_bytes_and_keeps_parity(tmp_path, tiny, tiny_images):
+    from qhyvit_fx.export import ExportError
+    qm = _quantized(tiny, tiny_images, w_bits=4, a_bits=8)
+    p8, p4 = str(tmp_path / "w8.onnx"), str(tmp_path / "w4.onnx")
+    export_onnx(qm, p8)
+    export_onnx(qm, p4, weight_format="int4")
+    m8, m4 = onnx.load(p8), onnx.load(p4)
+    onnx.checker.check_model(m4, full_check=True)
+    assert max(o.version for o in m4.opset_import if o.domain in ("", "ai.onnx")) == 21
+    i8 = {i.name: i for i in m8.graph.initializer}
+    i4 = {i.name: i for i in m4.graph.initializer}
+    w4 = [n for n in i4.values() if n.data_type == onnx.TensorProto.INT4]
+    assert len(w4) == 12                                          # every conv / linear weight
+    b8 = sum(len(onnx.numpy_helper.to_array(i8[t.name]).tobytes()) for t in w4)
+    b4 = sum(len(t.raw_data) for t in w4)
+    assert b4 == sum((onnx.numpy_helper.to_array(i8[t.name]).size + 1) // 2 for t in w4) and 2 * b4 >= b8
+    assert all(torch.equal(torch.from_numpy(onnx.numpy_helper.to_array(i4[t.name]).astype("int64")),
+                           torch.from_numpy(onnx.numpy_helper.to_array(i8[t.name]).astype("int64"))) for t in w4)
+    assert os.path.getsize(p4) < os.path.getsize(p8)
+    x = torch.randn(32, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref = qm(x)
+    out4, out8 = ort_callable(p4)(x), ort_callable(p8)(x)
+    assert (out4.argmax(1) == ref.argmax(1)).float().mean().item() >= 0.98
+    assert (out4 - ref).abs().max().item() < 0.05 * ref.abs().max().item()
+    # 8-bit weights do not fit: a clear error, nothing written
+    qm8 = _quantized(tiny, tiny_images, w_bits=8, a_bits=8)
+    with pytest.raises(ExportError, match="w_bits <= 4"):
+        export_onnx(qm8, str(tmp_path / "bad.onnx"), weight_format="int4")
+    assert not os.path.exists(tmp_path / "bad.onnx")

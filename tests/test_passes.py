@@ -240,3 +240,32 @@ def test_decompose_silu_splits_every_silu(tiny, tiny_images):
     assert not any(isinstance(m, nn.SiLU) for m in dm.modules())
     assert sum(n.target is torch.sigmoid for n in dm.graph.nodes) == n_silu
     assert torch.allclose(dm(tiny_images), want, atol=1e-6)
+
+
+def test_fold_scales_folds_layer_scale_into_the_layer():
+    from qhyvit_fx.passes.fold_scales import fold_scales
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.conv2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 1)
+            self.fc, self.fc2 = nn.Linear(4, 5), nn.Linear(5, 5)
+            self.gamma = nn.Parameter(torch.rand(4) + 0.1)
+
+        def forward(self, x):
+            y = self.conv(x) * self.gamma.view(1, -1, 1, 1)          # folded
+            z = self.conv2(y)
+            z = z * torch.sigmoid(z)                                  # an activation product: kept
+            t = 0.25 * self.fc(z.mean((2, 3)))                        # folded (scalar, either side)
+            u = self.fc2(t)
+            return u * self.gamma.view(1, -1, 1, 1).mean() + u        # fc2 has two readers: kept
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, 6)
+    gm = capture(M().eval(), x[:1])
+    want = gm(x)
+    fm = fold_scales(gm)
+    assert fm.meta["qhyvit_scales_folded"] == 2
+    muls = [n for n in fm.graph.nodes if n.op == "call_function" and "mul" in str(n.target)]
+    assert len(muls) == 2
+    assert torch.allclose(fm(x), want, atol=1e-6)

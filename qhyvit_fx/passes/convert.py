@@ -72,6 +72,14 @@ def convert_graph(prepared: fx.GraphModule, decisions: Decisions) -> fx.GraphMod
         if node.op == "call_module" and node.target == RECORDER:
             node.replace_all_uses_with(node.args[0])
             g.erase_node(node)
+    annotated = {n.meta[ANNOTATION].layer for n in g.nodes if ANNOTATION in n.meta}
+    extra = [name for name in decisions.layers if name not in annotated]
+    if extra:
+        mode = decisions.meta.get("mode")
+        raise DecisionsError(f"the decisions name {len(extra)} layer(s) this prepared model does not quantize "
+                             f"(first: '{extra[0]}'); they were made "
+                             + (f"in mode '{mode}': prepare with QConfig(mode='{mode}')" if mode else
+                                "for another model or mode") + " or re-run calibration")
     for node in list(g.nodes):
         ann = node.meta.get(ANNOTATION)
         if ann is None:
