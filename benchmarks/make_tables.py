@@ -112,7 +112,10 @@ def deploy_table(dep):
             ratio = f"{size / (fp['size_bytes'] / 1e6):.2f}" if fp else "-"
             d = f" ({r['ort']['top1'] - fp['ort']['top1']:+.2f})" if fp else ""
             ms = " / ".join(f"{lat[c]:.2f}" for c in cfgs)
-            lr = " / ".join(f"{lat[c] / ref['latency_ms'][c]:.2f}" for c in cfgs) if ref else "-"
+            if "latency_x_ort_quint8" in r:      # medians of per-round ratios (deploy.py, side by side)
+                lr = " / ".join(f"{r['latency_x_ort_quint8'][c]:.2f}" for c in cfgs)
+            else:
+                lr = " / ".join(f"{lat[c] / ref['latency_ms'][c]:.2f}" for c in cfgs) if ref else "-"
             out.append(f"| {model} | {kind} | {r['check']['integer_ops']}/{r['check']['ops']} | "
                        f"{r['check']['integer_mac_share']:.1f} | {size:.2f} ({ratio}) | {r['ort']['top1']:.2f}{d} | "
                        f"{r['ort']['agreement']:.2f} | {ms} | {lr} |")

@@ -101,3 +101,30 @@ def test_console_script_installed():
     r = subprocess.run([os.path.join(os.path.dirname(sys.executable), "qhyvit"), "--help"], capture_output=True,
                        text=True)
     assert r.returncode == 0 and "inspect" in r.stdout and "quantize" in r.stdout
+
+
+def test_quantize_integer_mode_and_export_round_trip(tmp_path, capsys):
+    from qhyvit_fx.check import check_onnx
+    out = str(tmp_path / "out")
+    code, _, err = run(["quantize", "--mode", "integer", "--no-eval", "--out", out], capsys)
+    assert code == 0, err
+    dec = json.load(open(os.path.join(out, "decisions.json")))
+    assert dec["meta"]["mode"] == "integer"
+    kinds = {}
+    for d in dec["layers"]:
+        kinds[d["kind"]] = kinds.get(d["kind"], 0) + 1
+    # 90 layers, plus 21 LayerNorms, 9 softmax, and per SiLU a sigmoid and a product (34 each), 21 residual adds
+    assert kinds == {"conv": 35, "linear": 37, "matmul": 18, "norm": 21, "softmax": 9, "activation": 34,
+                     "mul": 34, "add": 21}
+    rep = check_onnx(os.path.join(out, "model.onnx"))
+    assert rep.integer_count == len(rep.ops) == 90
+    ops = rep.optimized_ops
+    assert ops["QLinearSigmoid"] == 34 and ops["QLinearMul"] == 34 and ops["QLinearAdd"] == 21
+    assert ops["QLinearConcat"] == 3 and "Sigmoid" not in ops
+    # export re-reads the mode from the decisions and rebuilds the same graph
+    code, _, err = run(["export", "--decisions", os.path.join(out, "decisions.json"), "--out",
+                        str(tmp_path / "re.onnx")], capsys)
+    assert code == 0, err
+    a, b = onnx.load(os.path.join(out, "model.onnx")), onnx.load(str(tmp_path / "re.onnx"))
+    assert [n.op_type for n in a.graph.node] == [n.op_type for n in b.graph.node]
+    assert [i.raw_data for i in a.graph.initializer] == [i.raw_data for i in b.graph.initializer]
