@@ -140,7 +140,7 @@ def main():
         os.makedirs(d, exist_ok=True)
         paths = {}
         for kind in kinds:
-            key = {"model": name, "kind": kind, "images": len(labels), "export": 3}
+            key = {"model": name, "kind": kind, "images": len(labels), "export": 4}
             hit = cached("deploy", key)
             path = os.path.join(d, f"{kind}.onnx")
             if hit is None or not os.path.exists(path):

@@ -134,22 +134,33 @@ def _int4_weights(model) -> int:
 
 
 def _share_equal_initializers(model) -> int:
-    """Initializers with the same type, shape and bytes become one (the exporter writes a separate
-    copy of each constant per op: e.g. the all-ones scale and all-zeros bias of every lowered
-    GroupNorm's LayerNormalization, C*H*W floats each).  Returns the number removed."""
+    """Constants (initializers and Constant nodes) with the same type, shape and values become one.
+    The exporter writes a separate copy of a constant per op: e.g. the all-ones scale and all-zeros
+    bias of every lowered GroupNorm's LayerNormalization, C*H*W floats each.  Returns the number of
+    copies removed."""
     import hashlib
 
     from onnx import numpy_helper
     g = model.graph
     first, alias = {}, {}
+
+    def key(t):
+        return (t.data_type, tuple(t.dims), hashlib.sha256(numpy_helper.to_array(t).tobytes()).hexdigest())
+
     for t in g.initializer:
-        key = (t.data_type, tuple(t.dims), hashlib.sha256(numpy_helper.to_array(t).tobytes()).hexdigest())
-        if key in first:
-            alias[t.name] = first[key]
-        else:
-            first[key] = t.name
+        alias.setdefault(t.name, first.setdefault(key(t), t.name))
+    dup_nodes = []
+    for n in g.node:                   # graph order: the first Constant comes before every later reader
+        if n.op_type == "Constant" and len(n.attribute) == 1 and n.attribute[0].name == "value":
+            name = first.setdefault(key(n.attribute[0].t), n.output[0])
+            alias[n.output[0]] = name
+            if name != n.output[0]:
+                dup_nodes.append(n)
+    alias = {k: v for k, v in alias.items() if k != v}
     if not alias:
         return 0
+    outputs = {o.name for o in g.output}
+    alias = {k: v for k, v in alias.items() if k not in outputs}
     for n in g.node:
         for i, x in enumerate(n.input):
             if x in alias:
@@ -157,6 +168,9 @@ def _share_equal_initializers(model) -> int:
     keep = [t for t in g.initializer if t.name not in alias]
     del g.initializer[:]
     g.initializer.extend(keep)
+    for n in dup_nodes:
+        if n.output[0] in alias:
+            g.node.remove(n)
     return len(alias)
 
 

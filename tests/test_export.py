@@ -91,3 +91,36 @@ def test_int4_weight_format_halves_weight_bytes_and_keeps_parity(tmp_path, tiny,
     with pytest.raises(ExportError, match="w_bits <= 4"):
         export_onnx(qm8, str(tmp_path / "bad.onnx"), weight_format="int4")
     assert not os.path.exists(tmp_path / "bad.onnx")
+
+
+def test_group_norm_export_is_lowered_and_shares_its_constants(tmp_path):
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.w1, self.w2 = nn.Parameter(torch.rand(8) + 0.5), nn.Parameter(torch.rand(8) + 0.5)
+            self.b1, self.b2 = nn.Parameter(torch.randn(8)), nn.Parameter(torch.randn(8))
+
+        def forward(self, x):
+            y = F.group_norm(self.conv(x), 1, self.w1, self.b1)
+            return F.group_norm(y * 2, 1, self.w2, self.b2).mean((2, 3))
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 6, 6)
+    qm = _quantized(M().eval(), x)
+    path = str(tmp_path / "gn.onnx")
+    export_onnx(qm, path)
+    model = onnx.load(path)
+    ops = Counter(n.op_type for n in model.graph.node)
+    assert ops["LayerNormalization"] == 2 and "InstanceNormalization" not in ops and "Shape" not in ops
+    ln = [n for n in model.graph.node if n.op_type == "LayerNormalization"]
+    # both norms read the same all-ones scale and all-zeros bias (one copy each in the file)
+    assert ln[0].input[1:] == ln[1].input[1:]
+    consts = list(model.graph.initializer) + [n.attribute[0].t for n in model.graph.node if n.op_type == "Constant"]
+    assert sum(list(t.dims) == [8, 6, 6] for t in consts) == 2
+    with torch.no_grad():
+        ref = qm(x)
+    assert torch.allclose(ort_callable(path)(x), ref, atol=1e-3 * ref.abs().max().item())
