@@ -122,6 +122,8 @@ def decide(qm: fx.GraphModule) -> Decisions:
         if images is None:
             raise CalibrationError("no calibration images were recorded; run data through the prepared model")
     decisions = method.decide(qm, images)
+    if config.mode == "integer":
+        _one_quantizer_per_tensor(qm, decisions)
     _tie_output_quantizers(qm, decisions)
     decisions.meta.setdefault("method", config.method)
     decisions.meta["w_bits"], decisions.meta["a_bits"] = config.w_bits, config.a_bits
@@ -131,6 +133,39 @@ def decide(qm: fx.GraphModule) -> Decisions:
     decisions.meta["weight_range_bits"] = config.weight_range_bits
     decisions.meta["calib_images"] = int(images.shape[0]) if images is not None else qm.meta.get("qhyvit_calib_count")
     return decisions
+
+
+def _one_quantizer_per_tensor(qm: fx.GraphModule, decisions: Decisions) -> None:
+    """Integer mode: the input quantizers that read one tensor get one set of parameters, the one
+    covering the widest range (the least clipping for every reader).  A searched conv input and a
+    residual add reading the same tensor would otherwise quantize it twice, differently, and
+    onnxruntime keeps the producer in float (its fusions need a single QuantizeLinear behind it)."""
+    from .passes.annotate import ANNOTATION, quantized_layers
+    owner = {}
+    for n in quantized_layers(qm):
+        ann = n.meta[ANNOTATION]
+        for slot, obs in ann.observers.items():
+            if slot.startswith("in"):
+                owner[obs] = (ann.layer, int(slot[2:]))
+    groups = {}
+    for node in qm.graph.nodes:
+        if node.op == "call_module" and node.target in owner and node.args:
+            groups.setdefault(node.args[0], []).append(owner[node.target])
+    for readers in groups.values():
+        qps = [(l, i, decisions.layers[l].inputs.get(i)) for l, i in readers if l in decisions.layers]
+        qps = [t for t in qps if t[2] is not None]
+        if len(qps) < 2 or any(q.spec.per_channel or not q.spec.uniform or q.spec != qps[0][2].spec
+                               for _, _, q in qps):
+            continue
+
+        def width(q):
+            return float((q.spec.qmax - q.spec.qmin) * q.scale.reshape(-1)[0])
+        best = max(qps, key=lambda t: width(t[2]))
+        for l, i, q in qps:
+            if q is not best[2] and not (torch.equal(q.scale, best[2].scale)
+                                         and torch.equal(q.zero_point, best[2].zero_point)):
+                decisions.layers[l].inputs[i] = best[2]
+                decisions.layers[l].info[f"input_{i}_shared_with"] = f"{best[0]} input {best[1]}"
 
 
 def _tie_output_quantizers(qm: fx.GraphModule, decisions: Decisions) -> None:

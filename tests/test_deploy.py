@@ -154,3 +154,30 @@ def test_integer_mode_runs_silu_and_residual_adds_in_integer_kernels(tmp_path, t
     assert ratios["integer"] < 0.08
     text = reps["integer"].format()
     assert "other integer ops: " in text and "QLinearMul 2" in text and "QLinearSigmoid 2" in text
+
+
+def test_integer_mode_search_keeps_one_quantizer_per_tensor(tmp_path, tiny, tiny_images):
+    import dataclasses
+    from qhyvit_fx.api import _one_quantizer_per_tensor
+    from qhyvit_fx.modules import FakeQuantize
+    pm = q.prepare(tiny, tiny_images[:1], q.QConfig(method="qhyvit", target="ort", weight_range_bits=7,
+                                                    mode="integer"))
+    q.calibrate(pm, tiny_images)
+    dec = pm.meta["qhyvit_decisions"]
+    # the stem's output feeds the dw block's first conv (searched) and the residual add (MinMax ranges);
+    # a search that clips the conv input harder must not give that tensor a second quantizer
+    wide = dec.layers["add"].inputs[0]
+    narrow = dataclasses.replace(wide, scale=wide.scale * 0.5)
+    dec.layers["dw.0"].inputs[0] = narrow
+    _one_quantizer_per_tensor(pm, dec)
+    assert dec.layers["dw.0"].inputs[0] is wide and dec.layers["dw.0"].info["input_0_shared_with"] == "add input 0"
+    qm = q.convert(pm, dec)
+    for n in qm.graph.nodes:
+        fqs = [u for u in n.users if u.op == "call_module" and isinstance(qm.get_submodule(u.target), FakeQuantize)]
+        assert len(fqs) <= 1, n.name
+    path = str(tmp_path / "m.onnx")
+    export_onnx(qm, path)
+    rep = check_onnx(path)
+    assert rep.integer_count == len(rep.ops) == 14
+    ops = rep.optimized_ops
+    assert ops.get("QLinearAdd") == 3 and ops.get("QLinearConcat") == 1 and ops.get("QLinearMul") == 2
