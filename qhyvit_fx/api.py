@@ -135,18 +135,32 @@ def decide(qm: fx.GraphModule) -> Decisions:
     return decisions
 
 
-def _one_quantizer_per_tensor(qm: fx.GraphModule, decisions: Decisions) -> None:
-    """Integer mode: the input quantizers that read one tensor get one set of parameters, the one
-    covering the widest range (the least clipping for every reader).  A searched conv input and a
-    residual add reading the same tensor would otherwise quantize it twice, differently, and
-    onnxruntime keeps the producer in float (its fusions need a single QuantizeLinear behind it)."""
+def _observer_owners(qm: fx.GraphModule) -> dict:
+    """observer submodule name -> (layer, slot), slot 'in0', 'in1', ... or 'out'."""
     from .passes.annotate import ANNOTATION, quantized_layers
     owner = {}
     for n in quantized_layers(qm):
         ann = n.meta[ANNOTATION]
         for slot, obs in ann.observers.items():
-            if slot.startswith("in"):
-                owner[obs] = (ann.layer, int(slot[2:]))
+            owner[obs] = (ann.layer, slot)
+    return owner
+
+
+def _same_params(a, b) -> bool:
+    return a.spec == b.spec and torch.equal(a.scale, b.scale) and torch.equal(a.zero_point, b.zero_point)
+
+
+def _range_width(q) -> float:
+    return float((q.spec.qmax - q.spec.qmin) * q.scale.reshape(-1)[0])
+
+
+def _one_quantizer_per_tensor(qm: fx.GraphModule, decisions: Decisions) -> None:
+    """Integer mode: the input quantizers that read one tensor get one set of parameters, the one
+    covering the widest range (the least clipping for every reader).  A searched conv input and a
+    residual add reading the same tensor would otherwise quantize it twice, differently, and
+    onnxruntime keeps the producer in float (its fusions need a single QuantizeLinear behind it)."""
+    owner = {obs: (layer, int(slot[2:])) for obs, (layer, slot) in _observer_owners(qm).items()
+             if slot.startswith("in")}
     groups = {}
     for node in qm.graph.nodes:
         if node.op == "call_module" and node.target in owner and node.args:
@@ -157,15 +171,11 @@ def _one_quantizer_per_tensor(qm: fx.GraphModule, decisions: Decisions) -> None:
         if len(qps) < 2 or any(q.spec.per_channel or not q.spec.uniform or q.spec != qps[0][2].spec
                                for _, _, q in qps):
             continue
-
-        def width(q):
-            return float((q.spec.qmax - q.spec.qmin) * q.scale.reshape(-1)[0])
-        best = max(qps, key=lambda t: width(t[2]))
+        best_layer, best_i, best = max(qps, key=lambda t: _range_width(t[2]))
         for l, i, q in qps:
-            if q is not best[2] and not (torch.equal(q.scale, best[2].scale)
-                                         and torch.equal(q.zero_point, best[2].zero_point)):
-                decisions.layers[l].inputs[i] = best[2]
-                decisions.layers[l].info[f"input_{i}_shared_with"] = f"{best[0]} input {best[1]}"
+            if q is not best and not _same_params(q, best):
+                decisions.layers[l].inputs[i] = best
+                decisions.layers[l].info[f"input_{i}_shared_with"] = f"{best_layer} input {best_i}"
 
 
 def _tie_output_quantizers(qm: fx.GraphModule, decisions: Decisions) -> None:
@@ -175,12 +185,8 @@ def _tie_output_quantizers(qm: fx.GraphModule, decisions: Decisions) -> None:
     leave the layer in float; with equal parameters the second pair is an exact no-op."""
     from .passes.annotate import ANNOTATION, quantized_layers
     from .patterns.kinds import metadata_read
-    owner, clipped = {}, {}
-    for n in quantized_layers(qm):
-        ann = n.meta[ANNOTATION]
-        clipped[ann.layer] = ann.output_after is not None
-        for slot, obs in ann.observers.items():
-            owner[obs] = (ann.layer, slot)
+    owner = _observer_owners(qm)
+    clipped = {n.meta[ANNOTATION].layer: n.meta[ANNOTATION].output_after is not None for n in quantized_layers(qm)}
     for node in qm.graph.nodes:
         layer, slot = owner.get(node.target, (None, None)) if node.op == "call_module" else (None, None)
         if slot != "out" or layer not in decisions.layers or not node.users:
@@ -193,8 +199,7 @@ def _tie_output_quantizers(qm: fx.GraphModule, decisions: Decisions) -> None:
             continue
         qps = [decisions.layers[l].inputs.get(int(sl[2:])) for l, sl in targets]
         first = qps[0]
-        if first is None or any(q is None or q.spec != first.spec or not torch.equal(q.scale, first.scale)
-                                or not torch.equal(q.zero_point, first.zero_point) for q in qps[1:]):
+        if first is None or any(q is None or not _same_params(q, first) for q in qps[1:]):
             continue
         d = decisions.layers[layer]
         if d.output is None or d.output.spec != first.spec or first.scale.numel() != 1:

@@ -334,6 +334,13 @@ def _add_common(p, model_optional=True):
     p.add_argument("--img", type=int, help="input size (default: from the checkpoint or the timm config)")
 
 
+def _add_weight_format(p):
+    p.add_argument("--weight-format", default="int8", choices=("int8", "int4"),
+                   help="ONNX weight storage: int8 (default; onnxruntime's integer kernels read it) or int4 "
+                        "(with w_bits <= 4: half the weight bytes, opset 21; onnxruntime then runs those layers "
+                        "in float)")
+
+
 def _add_quant(p):
     p.add_argument("--calib", help="folder of calibration images (train split)")
     p.add_argument("--calib-images", type=int, default=32, help="number of calibration images (default 32)")
@@ -356,10 +363,7 @@ def _add_quant(p):
     p.add_argument("--act-scheme", default="asymmetric", choices=("asymmetric", "symmetric"),
                    help="activation scheme with --target ort: asymmetric uint8 (onnxruntime x86) or symmetric "
                         "int8 with zero-point 0 (TensorRT style)")
-    p.add_argument("--weight-format", default="int8", choices=("int8", "int4"),
-                   help="ONNX weight storage: int8 (default; onnxruntime's integer kernels read it) or int4 "
-                        "(with w_bits <= 4: half the weight bytes, opset 21; onnxruntime then runs those layers "
-                        "in float)")
+    _add_weight_format(p)
     p.add_argument("--device", default="cpu", help="device for the Q-HyViT search: cpu (default) or cuda")
     p.add_argument("--eval-images", type=int, default=None, help="evaluate on a seeded subset of this size")
     p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images (with a count)")
@@ -397,8 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("--decisions", required=True, help="decisions.json from 'qhyvit quantize'")
     p.add_argument("--out", required=True, help="ONNX file to write")
-    p.add_argument("--weight-format", default="int8", choices=("int8", "int4"),
-                   help="weight storage (see 'qhyvit quantize --help')")
+    _add_weight_format(p)
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_export)
 

@@ -54,7 +54,7 @@ def export_onnx(qm: fx.GraphModule, path: str, example_input: Optional[torch.Ten
     if not os.path.isdir(out_dir):
         raise ExportError(f"output folder '{out_dir}' does not exist; create it or choose another path")
     if specialize:
-        qm = specialize_shapes(lower_group_norm(copy.deepcopy(qm), example_input), example_input)
+        qm = specialize_shapes(lower_group_norm(copy.deepcopy(qm)), example_input)
     buf = io.BytesIO()
     qm.eval()
     with warnings.catch_warnings(), torch.no_grad():
@@ -66,7 +66,7 @@ def export_onnx(qm: fx.GraphModule, path: str, example_input: Optional[torch.Ten
     model = onnx.load_from_string(buf.getvalue())
     model.producer_name = "qhyvit-fx"
     _compact_tensor_names(model)
-    _share_equal_initializers(model)
+    _share_equal_constants(model)
     if weight_format == "int4":
         if _int4_weights(model) == 0:
             raise ExportError("weight_format int4: no weight has 4-bit codes; quantize with w_bits <= 4 "
@@ -133,7 +133,7 @@ def _int4_weights(model) -> int:
     return done
 
 
-def _share_equal_initializers(model) -> int:
+def _share_equal_constants(model) -> int:
     """Constants (initializers and Constant nodes) with the same type, shape and values become one.
     The exporter writes a separate copy of a constant per op: e.g. the all-ones scale and all-zeros
     bias of every lowered GroupNorm's LayerNormalization, C*H*W floats each.  Returns the number of

@@ -17,7 +17,8 @@ import torch.fx as fx
 import torch.nn as nn
 
 from ..config import QConfig
-from ..patterns.kinds import Kind, activation_nodes, classify, is_tensor_node, layer_name, node_module, rank
+from ..patterns.kinds import (Kind, activation_nodes, classify, is_tensor_node, layer_name, metadata_read,
+                              node_module, rank)
 from ..quantizer import QSpec
 
 ANNOTATION = "qhyvit_quant"
@@ -227,7 +228,6 @@ def annotate(gm: fx.GraphModule, config: QConfig) -> fx.GraphModule:
 
 def _float_reader(gm: fx.GraphModule, node: fx.Node) -> bool:
     """Whether some reader of ``node``'s value (looking through layout ops) reads it unquantized."""
-    from ..patterns.kinds import metadata_read
     for u in node.users:
         if metadata_read(u) is not None:
             continue

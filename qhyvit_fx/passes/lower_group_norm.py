@@ -14,8 +14,6 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from .specialize_shapes import ShapeRecorder
-
 
 def _groups(node: fx.Node):
     return node.args[1] if len(node.args) > 1 else node.kwargs.get("num_groups")
@@ -25,23 +23,19 @@ def _arg(node: fx.Node, i: int, name: str, default=None):
     return node.args[i] if len(node.args) > i else node.kwargs.get(name, default)
 
 
-def lower_group_norm(gm: fx.GraphModule, example_input: torch.Tensor) -> fx.GraphModule:
+def lower_group_norm(gm: fx.GraphModule) -> fx.GraphModule:
+    """The input shapes come from ``tensor_meta`` (written by the capture, copied onto inserted
+    quantizers); a norm whose input has none is left as it is."""
     g = gm.graph
     nodes = [n for n in g.nodes if n.op == "call_function" and n.target is F.group_norm and _groups(n) == 1]
-    if not nodes:
-        gm.meta["qhyvit_lowered_group_norms"] = 0
-        return gm
-    rec = ShapeRecorder(gm, set(nodes))
-    with torch.no_grad():
-        rec.run(example_input[:1])
     done = 0
     for n in nodes:
-        if n not in rec.shapes:
-            continue
-        shape = rec.shapes[n][0]
+        x = n.args[0] if n.args else None
+        tm = x.meta.get("tensor_meta") if isinstance(x, fx.Node) else None
+        shape = tuple(tm.shape) if tm is not None and hasattr(tm, "shape") else ()
         if len(shape) < 2:
             continue
-        x, w, b = n.args[0], _arg(n, 2, "weight"), _arg(n, 3, "bias")
+        w, b = _arg(n, 2, "weight"), _arg(n, 3, "bias")
         eps = _arg(n, 4, "eps", 1e-5)
         bcast = (shape[1],) + (1,) * (len(shape) - 2)
         with g.inserting_before(n):

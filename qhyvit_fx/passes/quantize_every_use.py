@@ -26,6 +26,9 @@ def _fake_quant(gm: fx.GraphModule, n: fx.Node) -> bool:
 def quantize_every_use(gm: fx.GraphModule) -> fx.GraphModule:
     g = gm.graph
     rerouted = 0
+    # graph order, taken once: a quantizer moved below its input is only ever compared with the
+    # other readers of that same input
+    order = {n: i for i, n in enumerate(g.nodes)}
     for node in list(g.nodes):
         if _fake_quant(gm, node):
             continue
@@ -35,7 +38,6 @@ def quantize_every_use(gm: fx.GraphModule) -> fx.GraphModule:
         others = [u for u in node.users if u not in fqs and u.op != "output" and metadata_read(u) is None]
         if not others:
             continue
-        order = {n: i for i, n in enumerate(g.nodes)}
         fq = min(fqs, key=order.get)
         node.append(fq)                     # right after its input: before every reader it gains
         for u in others:

@@ -43,7 +43,7 @@ def _target_args(node: fx.Node) -> tuple:
     return tuple(rest)
 
 
-class ShapeRecorder(fx.Interpreter):
+class _ShapeRecorder(fx.Interpreter):
     """Records the output shape of the watched nodes and the shape of their first argument."""
 
     def __init__(self, gm: fx.GraphModule, watch):
@@ -71,7 +71,7 @@ def specialize_shapes(gm: fx.GraphModule, example_input: torch.Tensor, batches: 
     with torch.no_grad():
         for b in batches:
             x = example_input[:1].expand((b,) + tuple(example_input.shape[1:])).contiguous()
-            rec = ShapeRecorder(gm, set(watch))
+            rec = _ShapeRecorder(gm, set(watch))
             rec.run(x)
             shapes.append(rec.shapes)
     done = 0
