@@ -2,8 +2,8 @@
 
 The capture keeps shape arithmetic symbolic (``x.reshape(B * C * nh, ph, nw, pw)`` reads ``B``, ``C``
 and ``nh`` off ``x.shape`` at run time), so one graph serves every batch size.  Exported to ONNX,
-each such reshape costs a Shape -> Gather -> Unsqueeze -> Concat chain: on a small MobileViT about
-90 of its ~640 nodes, and at 64 px onnxruntime spends more time dispatching nodes than computing.
+each such reshape costs a Shape -> Gather -> Unsqueeze -> Concat chain, and at 64 px onnxruntime
+spends more time dispatching nodes than computing.
 
 This pass runs the graph at two batch sizes and looks at every reshape/view (and expand/expand_as)
 whose target shape is computed.  A target whose entries do not change with the batch becomes a constant; a target where
