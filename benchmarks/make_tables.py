@@ -63,8 +63,9 @@ def ort_table(acc, variants=("minmax-ort", "qhyvit-ort"), bits=("w8a8", "w6a6", 
 
 def ablation_table(acc, model="mobilevit_xxs", bits=("w6a6", "w4a8")):
     names = [("abl-scale", "scale only"), ("abl-gran", "+ granularity"), ("abl-scheme", "+ scheme"),
-             ("abl-bridge", "+ bridge objective (= paper method)"), ("abl-cv", "+ K-fold validation (ours, default)"),
-             ("qhyvit-fisher", "default with Fisher weights"), ("qhyvit-bc", "default + bias correction")]
+             ("abl-bridge", "+ bridge objective (= paper method)"), ("abl-cv", "+ K-fold validation (ours)"),
+             ("abl-flip", "+ mirrored calibration images (ours, default)"),
+             ("qhyvit-fisher", "K-fold row with Fisher weights"), ("qhyvit-bc", "K-fold row + bias correction")]
     rows = acc.get(model, {})
     fp = rows.get("float", {}).get("top1")
     out = ["| configuration | " + " | ".join(f"{b.upper()} top-1 / agree / KL" for b in bits) + " |",
@@ -78,6 +79,8 @@ def ablation_table(acc, model="mobilevit_xxs", bits=("w6a6", "w4a8")):
         if key == "abl-bridge" and not r:
             r = rows.get("qhyvit-paper", {})
         if key == "abl-cv" and not r:
+            r = rows.get("qhyvit-noflip", {})
+        if key == "abl-flip" and not r:
             r = rows.get("qhyvit", {})
         out.append(f"| {label} | " + " | ".join(
             f"{r[b]['torch']['top1']:.2f} / {r[b]['torch']['agreement']:.2f} / {r[b]['torch']['kl']:.4f}"

@@ -386,15 +386,28 @@ def _plan_for(n: fx.Node, kind: str, images: int, cfg: QConfig, name: str, examp
     return _plan("matrices", per, images, limit, cfg.seed, name)
 
 
+def augment_images(images: torch.Tensor, how: str) -> Tuple[torch.Tensor, int]:
+    """(images for the search, copies per calibration image).  ``flip``: every image followed by its
+    left-right mirror image (NCHW, last axis), so each source image's copies are adjacent."""
+    if how == "none":
+        return images, 1
+    if how == "flip":
+        return torch.stack([images, images.flip(-1)], 1).reshape((-1,) + tuple(images.shape[1:])), 2
+    raise ValueError(f"unknown calibration augmentation '{how}'")
+
+
 def collect(prepared: fx.GraphModule, quantized: fx.GraphModule, images: torch.Tensor, cfg: QConfig,
-            chunk: int = 8, progress: bool = False):
-    """Run both passes; returns (records, bridge info) for :func:`build_problems`."""
+            chunk: int = 8, progress: bool = False, copies: int = 1):
+    """Run both passes; returns (records, bridge info) for :func:`build_problems`.  ``copies``:
+    consecutive images that are views of one calibration image (see :func:`augment_images`)."""
     nodes = searched_layers(prepared)
     n_img = images.shape[0]
+    n_src = n_img // copies
     example_batch = int(prepared.meta.get("qhyvit_example_shape", (1,))[0])
-    folds = cfg.cv_folds if cfg.act_cv and n_img >= 2 * cfg.cv_folds else 0
-    # fold of every image: contiguous blocks, so every fold holds n_img / folds images
-    fold_of = (torch.arange(n_img) * folds // n_img) if folds else torch.empty(0, dtype=torch.long)
+    folds = cfg.cv_folds if cfg.act_cv and n_src >= 2 * cfg.cv_folds else 0
+    # fold of every image: contiguous blocks of source images, so every fold holds n_src / folds of
+    # them and all copies of an image (the validation images must be unseen, not mirrored)
+    fold_of = ((torch.arange(n_img) // copies) * folds // n_src) if folds else torch.empty(0, dtype=torch.long)
     records: Dict[str, LayerRecord] = {}
     for n in nodes:
         ann: QuantAnnotation = n.meta[ANNOTATION]

@@ -129,7 +129,8 @@ def _config(args, w_bits: int, a_bits: int):
     wrb = weight_range_bits(args.kernel, w_bits) if getattr(args, "kernel", "none") else None
     return QConfig(w_bits=w_bits, a_bits=a_bits, method=args.method, calib_images=args.calib_images,
                    seed=args.seed, weight_range_bits=wrb, device=getattr(args, "device", "cpu"), progress=True,
-                   target=args.target, a_scheme=args.act_scheme, mode=getattr(args, "mode", "partial"))
+                   target=args.target, a_scheme=args.act_scheme, mode=getattr(args, "mode", "partial"),
+                   calib_augment=getattr(args, "calib_augment", QConfig.calib_augment))
 
 
 def _calibrated(job: Job, args, lm, pre, w_bits, a_bits, log):
@@ -342,6 +343,7 @@ def _add_weight_format(p):
 
 
 def _add_quant(p):
+    from .config import CALIB_AUGMENTS, QConfig
     p.add_argument("--calib", help="folder of calibration images (train split)")
     p.add_argument("--calib-images", type=int, default=32, help="number of calibration images (default 32)")
     p.add_argument("--bits", default="w8a8", help="w8a8 | w6a6 | w4a8 | w4a4 | wNaM (default w8a8)")
@@ -352,6 +354,9 @@ def _add_quant(p):
                         "the inputs of norms, softmax, activations and residual adds (Table 2); integer: full "
                         "plus products, sigmoids (SiLU split into x*sigmoid(x)) and concats, each tensor "
                         "quantized once, so onnxruntime runs them as QLinear ops (fastest ONNX)")
+    p.add_argument("--calib-augment", default=QConfig.calib_augment, choices=CALIB_AUGMENTS,
+                   help="qhyvit search: flip also searches on each calibration image mirrored left-right "
+                        f"(twice the activation samples from the same images; default {QConfig.calib_augment})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--kernel", default="auto", choices=("auto", "avx2", "vnni", "arm", "none"),
                    help="integer kernels the ONNX will run on: avx2 limits 8-bit weights to 7-bit codes so "

@@ -12,6 +12,7 @@ SCHEMES = ("symmetric", "asymmetric")
 LAYER_POLICIES = ("quantize", "float", "8bit")
 MODES = ("partial", "full", "integer")
 TARGETS = ("fakequant", "ort")
+CALIB_AUGMENTS = ("none", "flip")
 
 
 class ConfigError(ValueError):
@@ -103,6 +104,9 @@ class QConfig:
                                        # clipping candidate free, and the search picked the smallest scale
     act_cv: bool = True                # score activation candidates by K-fold validation over images
     cv_folds: int = 4
+    calib_augment: str = "flip"        # flip: the search also sees every calibration image mirrored left-right
+                                       # (same images, twice the activation samples; a pair stays in one fold);
+                                       # none: the paper's setting
     bias_correction: bool = False      # remove each conv/linear's mean quantization shift (decisions: bias_delta)
     max_positions: int = 4096          # sampled output positions per layer for the fast search
     topk_verify: int = 4               # candidates scored on all sampled positions (successive halving)
@@ -136,6 +140,8 @@ class QConfig:
         check_device(self.device)
         if not self.grad_damping >= 0:
             raise ConfigError(f"grad_damping={self.grad_damping!r} must be >= 0 (0 turns damping off)")
+        if self.calib_augment not in CALIB_AUGMENTS:
+            raise ConfigError(f"calib_augment={self.calib_augment!r} is not one of {', '.join(CALIB_AUGMENTS)}")
         if self.grad_source not in ("kl", "fisher"):
             raise ConfigError(f"grad_source={self.grad_source!r} is not one of kl, fisher")
         if self.rounds < 1 or self.n_candidates < 1:

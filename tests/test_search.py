@@ -105,7 +105,8 @@ def test_ablation_switches_restrict_the_choices(tiny, tiny_images):
             assert d.weight.spec.per_channel and d.weight.spec.symmetric
         for qp in d.inputs.values():
             assert not qp.spec.per_channel and not qp.spec.symmetric
-    cfg = replace(cfg, search_scale=False)
+    # scale search off on the observers' own images (no mirrored copies) gives exactly MinMax
+    cfg = replace(cfg, search_scale=False, calib_augment="none")
     pm = q.prepare(tiny, tiny_images[:1], cfg)
     q.calibrate(pm, tiny_images)
     mm = MinMax(cfg).decide(pm, None)
@@ -262,3 +263,35 @@ def test_damping_keeps_zero_gradient_channels_from_clipping_to_nothing():
     assert torch.allclose(damped[1:], chosen(grad2)[1:], atol=0.03)     # other channels barely move
     assert torch.equal(_damped(grad2, 0.0), grad2)
     assert torch.allclose(_damped(grad2, 0.01), grad2 + 0.01 * grad2.mean())
+
+
+def test_flip_augmentation_keeps_each_image_and_its_mirror_in_one_fold(tiny, tiny_images):
+    """calib_augment='flip': the search sees 2N images, image i at 2i and its mirror at 2i+1, and the
+    cross-validation folds split the N source images (a validation fold never holds the mirror of a
+    training image), so the fold statistics hold N/folds * 2 images each."""
+    from qhyvit_fx.calibration import augment_images
+    x = tiny_images[:6]
+    aug, copies = augment_images(x, "flip")
+    assert copies == 2 and aug.shape == (12,) + tuple(x.shape[1:])
+    assert torch.equal(aug[0::2], x) and torch.equal(aug[1::2], x.flip(-1))
+    assert augment_images(x, "none")[0] is x
+    cfg = q.QConfig(w_bits=6, a_bits=6, method="qhyvit", calib_augment="flip", cv_folds=4)
+    imgs = tiny_images[:8]
+    pm = q.prepare(tiny, imgs[:1], cfg)
+    pm(imgs)
+    init = MinMax(cfg).decide(pm, None)
+    aug, copies = augment_images(imgs, cfg.calib_augment)
+    recs, _, _ = collect(pm, convert_graph(pm, init), aug, cfg, copies=copies)
+    fold_of = next(iter(recs.values())).fold_of
+    assert fold_of.tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3]
+    # and the whole method: decisions differ from the un-augmented search, the recorded count stays 8
+    pm = q.prepare(tiny, imgs[:1], cfg)
+    q.calibrate(pm, imgs)
+    dec = pm.meta["qhyvit_decisions"]
+    plain = q.prepare(tiny, imgs[:1], replace(cfg, calib_augment="none"))
+    q.calibrate(plain, imgs)
+    assert dec.meta["calib_images"] == 8 and dec.meta["search"]["calib_augment"] == "flip"
+    assert dec.to_dict() != plain.meta["qhyvit_decisions"].to_dict()
+    from qhyvit_fx.config import ConfigError
+    with pytest.raises(ConfigError, match="calib_augment"):
+        q.QConfig(calib_augment="rotate")

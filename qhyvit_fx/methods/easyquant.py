@@ -20,7 +20,7 @@ class EasyQuant(QHyViT):
     name = "easyquant"
 
     def __init__(self, config):
-        super().__init__(dataclasses.replace(config, bridge_objective=False, act_cv=False,
+        super().__init__(dataclasses.replace(config, bridge_objective=False, act_cv=False, calib_augment="none",
                                              bias_correction=False))
 
     def search(self, p, opts):

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 import torch.fx as fx
 
-from ..calibration import build_problems, collect
+from ..calibration import augment_images, build_problems, collect
 from ..config import check_device as search_device
 from ..decisions import Decisions, LayerDecision
 from ..passes.annotate import ANNOTATION, quantized_layers, searched_layers
@@ -80,8 +80,9 @@ class QHyViT(Method):
         t0 = time.time()
         init = MinMax(cfg).decide(prepared, None)
         quantized = convert_graph(prepared, init)
+        images, copies = augment_images(images, cfg.calib_augment)
         records, tails, side = collect(prepared, quantized, images, cfg, chunk=cfg.calib_batch,
-                                       progress=cfg.progress)
+                                       progress=cfg.progress, copies=copies)
         del quantized
         probs, info = build_problems(prepared, records, tails, side, cfg)
         del records
@@ -118,6 +119,6 @@ class QHyViT(Method):
                 "search": {"rounds": cfg.rounds, "candidates": cfg.n_candidates + 1, "alpha": cfg.alpha,
                            "beta": cfg.beta, "granularity": cfg.search_granularity, "scheme": cfg.search_scheme,
                            "scale": cfg.search_scale, "bridge_objective": cfg.bridge_objective,
-                           "grad_damping": cfg.grad_damping,
+                           "grad_damping": cfg.grad_damping, "calib_augment": cfg.calib_augment,
                            "max_positions": cfg.max_positions, "exhaustive": cfg.exhaustive}}
         return Decisions(layers, meta)

@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""Development split: compare configurations on CIFAR-10 *training* images held out from calibration.
+
+    python benchmarks/holdout.py --model mobilevitv2_050 --images 5000 \\
+        --configs '[{"method": "qhyvit", "w_bits": 8, "a_bits": 8, "calib_augment": "none"},
+                    {"method": "qhyvit", "w_bits": 8, "a_bits": 8, "calib_augment": "flip"}]'
+
+Design choices are made here, never on the test split (the results tables use the test split, and
+the held-out images the project is checked on are unseen).  Calibration: the same 32 training
+images as benchmarks/accuracy.py (seed 0).  Evaluation: a seeded sample (seed 123) of the other
+training images.  Each config is a JSON object of QConfig fields; one line per config with top-1,
+agreement with the float model and mean KL(float || quantized).  Nothing is cached or written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import SHARED, load  # noqa: E402
+
+
+def holdout(name: str, n: int):
+    from qhyvit_fx.data import ImageDataset, open_folder, scan_folder, stack_images
+    lm, pre = load(name)
+    root = os.path.join(SHARED, "data", "cifar10", "train")
+    calib = open_folder(root, pre, limit=32, seed=0)
+    used = {path for path, _ in calib.samples}
+    rest = [s for s in scan_folder(root)[0] if s[0] not in used]
+    ev = ImageDataset([rest[i] for i in sorted(random.Random(123).sample(range(len(rest)), n))], pre.transform())
+    xs = torch.stack([ev[i][0] for i in range(len(ev))])
+    ys = torch.tensor([ev[i][1] for i in range(len(ev))])
+    return lm, stack_images(calib), xs, ys
+
+
+def logits(fn, xs: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([fn(xs[i:i + 250]).float() for i in range(0, len(xs), 250)])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="mobilevit_xxs")
+    ap.add_argument("--images", type=int, default=2000)
+    ap.add_argument("--configs", required=True, help="JSON list of QConfig keyword dicts")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    import qhyvit_fx as q
+    from qhyvit_fx.evaluate import Metrics
+    lm, calib, xs, ys = holdout(args.model, args.images)
+    fp = logits(lm.model, xs)
+    print(f"{args.model}: float top-1 {100 * float((fp.argmax(1) == ys).float().mean()):.2f} "
+          f"on {len(ys)} held-out training images", flush=True)
+    for c in json.loads(args.configs):
+        t0 = time.time()
+        cfg = q.QConfig(**c)
+        pm = q.prepare(lm.model, calib[:1], cfg)
+        q.calibrate(pm, calib)
+        m = Metrics("").update(logits(q.convert(pm), xs), fp, ys)
+        print(f"{json.dumps(c)}: top-1 {m.top1:.2f} agree {m.agreement:.2f} KL {m.kl:.5f} "
+              f"({time.time() - t0:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
