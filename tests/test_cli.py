@@ -128,3 +128,14 @@ def test_quantize_integer_mode_and_export_round_trip(tmp_path, capsys):
     a, b = onnx.load(os.path.join(out, "model.onnx")), onnx.load(str(tmp_path / "re.onnx"))
     assert [n.op_type for n in a.graph.node] == [n.op_type for n in b.graph.node]
     assert [i.raw_data for i in a.graph.initializer] == [i.raw_data for i in b.graph.initializer]
+
+
+def test_calib_augment_flag_reaches_the_config():
+    from qhyvit_fx.cli import _config, build_parser
+    base = ["quantize", "--calib", "x", "--out", "o", "--method", "qhyvit"]
+    args = build_parser().parse_args(base)
+    assert _config(args, 8, 8).calib_augment == "flip"
+    args = build_parser().parse_args(base + ["--calib-augment", "none"])
+    assert _config(args, 6, 6).calib_augment == "none"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(base + ["--calib-augment", "rotate"])
