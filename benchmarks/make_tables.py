@@ -21,7 +21,7 @@ def _f(x, nd=2):
     return "-" if x is None else f"{x:.{nd}f}"
 
 
-def accuracy_tables(acc, variants=("minmax", "easyquant", "qhyvit-paper", "qhyvit"), bits=("w8a8", "w6a6", "w4a8", "w4a4")):
+def accuracy_tables(acc, variants=("minmax", "easyquant", "qhyvit-paper", "qhyvit-noflip", "qhyvit"), bits=("w8a8", "w6a6", "w4a8", "w4a4")):
     out = []
     for model, rows in acc.items():
         fp = rows.get("float", {}).get("top1")
