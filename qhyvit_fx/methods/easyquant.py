@@ -20,8 +20,8 @@ class EasyQuant(QHyViT):
     name = "easyquant"
 
     def __init__(self, config):
-        super().__init__(dataclasses.replace(config, bridge_objective=False, act_cv=False, calib_augment="none",
-                                             bias_correction=False))
+        super().__init__(dataclasses.replace(config, bridge_objective=False, act_cv=False,
+                                             bias_correction=False, calib_augment="none"))
 
     def search(self, p, opts):
         return easyquant(p, opts)
