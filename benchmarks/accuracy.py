@@ -29,13 +29,13 @@ VARIANTS = {
     "minmax": dict(method="minmax"),
     "easyquant": dict(method="easyquant"),
     "qhyvit": dict(method="qhyvit"),
-    "qhyvit-noflip": dict(method="qhyvit", calib_augment="none"),
+    "qhyvit-flip": dict(method="qhyvit", calib_augment="flip"),
     "qhyvit-paper": dict(method="qhyvit", act_cv=False, calib_augment="none"),
     "qhyvit-fisher": dict(method="qhyvit", grad_source="fisher", calib_augment="none"),
     "qhyvit-bc": dict(method="qhyvit", bias_correction=True, calib_augment="none"),
     "qhyvit-nodamp": dict(method="qhyvit", grad_damping=0.0, calib_augment="none"),
     # Table 5 ablation: scale only, + granularity, + scheme, + bridge objective, + K-fold validation,
-    # + flipped calibration images (the default)
+    # (the default), + flipped calibration images
     "abl-scale": dict(method="qhyvit", search_granularity=False, search_scheme=False, bridge_objective=False,
                       act_cv=False, calib_augment="none"),
     "abl-gran": dict(method="qhyvit", search_scheme=False, bridge_objective=False, act_cv=False,
@@ -43,7 +43,7 @@ VARIANTS = {
     "abl-scheme": dict(method="qhyvit", bridge_objective=False, act_cv=False, calib_augment="none"),
     "abl-bridge": dict(method="qhyvit", act_cv=False, calib_augment="none"),
     "abl-cv": dict(method="qhyvit", calib_augment="none"),
-    "abl-flip": dict(method="qhyvit"),
+    "abl-flip": dict(method="qhyvit", calib_augment="flip"),
     # the other baselines (issue 7), partial mode, and everything in full mode (paper Table 2)
     "ptq4vit": dict(method="ptq4vit"),
     "repq-vit": dict(method="repq-vit"),

@@ -104,9 +104,9 @@ class QConfig:
                                        # clipping candidate free, and the search picked the smallest scale
     act_cv: bool = True                # score activation candidates by K-fold validation over images
     cv_folds: int = 4
-    calib_augment: str = "flip"        # flip: the search also sees every calibration image mirrored left-right
-                                       # (same images, twice the activation samples; a pair stays in one fold);
-                                       # none: the paper's setting
+    calib_augment: str = "none"        # none: the paper's setting; flip: the search also sees every calibration
+                                       # image mirrored left-right (twice the activation samples, a pair stays in
+                                       # one fold). Off by default: +50 % calibration time, mixed on held-out data
     bias_correction: bool = False      # remove each conv/linear's mean quantization shift (decisions: bias_delta)
     max_positions: int = 4096          # sampled output positions per layer for the fast search
     topk_verify: int = 4               # candidates scored on all sampled positions (successive halving)

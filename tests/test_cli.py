@@ -134,8 +134,8 @@ def test_calib_augment_flag_reaches_the_config():
     from qhyvit_fx.cli import _config, build_parser
     base = ["quantize", "--calib", "x", "--out", "o", "--method", "qhyvit"]
     args = build_parser().parse_args(base)
-    assert _config(args, 8, 8).calib_augment == "flip"
-    args = build_parser().parse_args(base + ["--calib-augment", "none"])
-    assert _config(args, 6, 6).calib_augment == "none"
+    assert _config(args, 8, 8).calib_augment == "none"
+    args = build_parser().parse_args(base + ["--calib-augment", "flip"])
+    assert _config(args, 6, 6).calib_augment == "flip"
     with pytest.raises(SystemExit):
         build_parser().parse_args(base + ["--calib-augment", "rotate"])
