@@ -29,21 +29,23 @@ VARIANTS = {
     "minmax": dict(method="minmax"),
     "easyquant": dict(method="easyquant"),
     "qhyvit": dict(method="qhyvit"),
-    "qhyvit-flip": dict(method="qhyvit", calib_augment="flip"),
-    "qhyvit-paper": dict(method="qhyvit", act_cv=False, calib_augment="none"),
-    "qhyvit-fisher": dict(method="qhyvit", grad_source="fisher", calib_augment="none"),
-    "qhyvit-bc": dict(method="qhyvit", bias_correction=True, calib_augment="none"),
-    "qhyvit-nodamp": dict(method="qhyvit", grad_damping=0.0, calib_augment="none"),
+    "qhyvit-b12": dict(method="qhyvit", act_channel_beta=1.2),
+    "qhyvit-flip": dict(method="qhyvit", calib_augment="flip", act_channel_beta=1.2),
+    "qhyvit-paper": dict(method="qhyvit", act_cv=False, calib_augment="none", act_channel_beta=1.2),
+    "qhyvit-fisher": dict(method="qhyvit", grad_source="fisher", calib_augment="none", act_channel_beta=1.2),
+    "qhyvit-bc": dict(method="qhyvit", bias_correction=True, calib_augment="none", act_channel_beta=1.2),
+    "qhyvit-nodamp": dict(method="qhyvit", grad_damping=0.0, calib_augment="none", act_channel_beta=1.2),
     # Table 5 ablation: scale only, + granularity, + scheme, + bridge objective, + K-fold validation,
-    # (the default), + flipped calibration images
+    # + per-channel activation ranges widened past beta (the default); + flipped calibration images
     "abl-scale": dict(method="qhyvit", search_granularity=False, search_scheme=False, bridge_objective=False,
-                      act_cv=False, calib_augment="none"),
+                      act_cv=False, calib_augment="none", act_channel_beta=1.2),
     "abl-gran": dict(method="qhyvit", search_scheme=False, bridge_objective=False, act_cv=False,
-                     calib_augment="none"),
-    "abl-scheme": dict(method="qhyvit", bridge_objective=False, act_cv=False, calib_augment="none"),
-    "abl-bridge": dict(method="qhyvit", act_cv=False, calib_augment="none"),
-    "abl-cv": dict(method="qhyvit", calib_augment="none"),
-    "abl-flip": dict(method="qhyvit", calib_augment="flip"),
+                     calib_augment="none", act_channel_beta=1.2),
+    "abl-scheme": dict(method="qhyvit", bridge_objective=False, act_cv=False, calib_augment="none", act_channel_beta=1.2),
+    "abl-bridge": dict(method="qhyvit", act_cv=False, calib_augment="none", act_channel_beta=1.2),
+    "abl-cv": dict(method="qhyvit", calib_augment="none", act_channel_beta=1.2),
+    "abl-wide": dict(method="qhyvit"),
+    "abl-flip": dict(method="qhyvit", calib_augment="flip", act_channel_beta=1.2),
     # the other baselines (issue 7), partial mode, and everything in full mode (paper Table 2)
     "ptq4vit": dict(method="ptq4vit"),
     "repq-vit": dict(method="repq-vit"),
@@ -90,9 +92,14 @@ def lookup(name, variant, bits, images: int):
     hit = cached("accuracy", {"model": name, "variant": variant, "bits": bits, "images": images})
     if hit is None:
         return None
-    old = dict(hit.get("config") or {})
-    old.setdefault("calib_augment", "none")      # cells from before the option ran without augmentation
-    return hit if old == config_for(variant, bits).to_dict() else None
+    old, new = dict(hit.get("config") or {}), config_for(variant, bits).to_dict()
+    if new["method"] == "qhyvit":
+        old.setdefault("calib_augment", "none")      # cells from before the option ran without augmentation
+        old.setdefault("act_channel_beta", 1.2)      # ... and with the paper's grid for per-channel ranges
+    else:                                            # options only the qhyvit method reads
+        for k in ("calib_augment", "act_channel_beta"):
+            old.pop(k, None), new.pop(k, None)
+    return hit if old == new else None
 
 
 def cell(name, variant, bits, lm, calib, batches, fp, labels, ort: bool):

@@ -130,7 +130,8 @@ def _config(args, w_bits: int, a_bits: int):
     return QConfig(w_bits=w_bits, a_bits=a_bits, method=args.method, calib_images=args.calib_images,
                    seed=args.seed, weight_range_bits=wrb, device=getattr(args, "device", "cpu"), progress=True,
                    target=args.target, a_scheme=args.act_scheme, mode=getattr(args, "mode", "partial"),
-                   calib_augment=getattr(args, "calib_augment", QConfig.calib_augment))
+                   calib_augment=getattr(args, "calib_augment", QConfig.calib_augment),
+                   act_channel_beta=getattr(args, "act_channel_beta", QConfig.act_channel_beta))
 
 
 def _calibrated(job: Job, args, lm, pre, w_bits, a_bits, log):
@@ -357,6 +358,9 @@ def _add_quant(p):
     p.add_argument("--calib-augment", default=QConfig.calib_augment, choices=CALIB_AUGMENTS,
                    help="qhyvit search: flip also searches on each calibration image mirrored left-right "
                         f"(twice the activation samples from the same images; default {QConfig.calib_augment})")
+    p.add_argument("--act-channel-beta", type=float, default=QConfig.act_channel_beta,
+                   help="qhyvit search: per-channel activation ranges may widen up to this multiple of the "
+                        f"calibration ranges (default {QConfig.act_channel_beta}; 1.2 = the paper's grid)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--kernel", default="auto", choices=("auto", "avx2", "vnni", "arm", "none"),
                    help="integer kernels the ONNX will run on: avx2 limits 8-bit weights to 7-bit codes so "

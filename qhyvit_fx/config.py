@@ -92,6 +92,10 @@ class QConfig:
     n_candidates: int = 100
     alpha: float = 0.01
     beta: float = 1.2
+    act_channel_beta: float = 3.0      # per-channel activation candidates go on, in steps of 0.1, up to this
+                                       # multiple of the calibration ranges (beta alone: the paper's grid).
+                                       # Per-channel ranges of 32 images underestimate what new images
+                                       # produce, most where a layer has few positions per image
     search_scale: bool = True
     search_granularity: bool = True
     search_scheme: bool = True
@@ -148,6 +152,9 @@ class QConfig:
             raise ConfigError("rounds and n_candidates must be at least 1")
         if not 0 < self.alpha < self.beta:
             raise ConfigError("need 0 < alpha < beta for the scale candidates")
+        if self.act_channel_beta < self.beta:
+            raise ConfigError(f"act_channel_beta={self.act_channel_beta} is below beta={self.beta}; "
+                              "set it to beta or more (beta: the paper's grid)")
         return self
 
     # ---- default specs ---------------------------------------------------------------------

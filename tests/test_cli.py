@@ -137,5 +137,8 @@ def test_calib_augment_flag_reaches_the_config():
     assert _config(args, 8, 8).calib_augment == "none"
     args = build_parser().parse_args(base + ["--calib-augment", "flip"])
     assert _config(args, 6, 6).calib_augment == "flip"
+    assert _config(args, 6, 6).act_channel_beta == 3.0
+    args = build_parser().parse_args(base + ["--act-channel-beta", "1.2"])
+    assert _config(args, 6, 6).act_channel_beta == 1.2
     with pytest.raises(SystemExit):
         build_parser().parse_args(base + ["--calib-augment", "rotate"])

@@ -295,3 +295,51 @@ def test_flip_augmentation_keeps_each_image_and_its_mirror_in_one_fold(tiny, tin
     from qhyvit_fx.config import ConfigError
     with pytest.raises(ConfigError, match="calib_augment"):
         q.QConfig(calib_augment="rotate")
+
+
+def test_widened_channel_ranges_cover_what_new_images_bring():
+    """act_channel_beta: per-channel activation ranges measured on few images miss values that new
+    images produce.  Here every fold of images has a spike (3x the usual range) in its own channel,
+    so the ranges of the other folds never contain it, and the cross-validated objective sees the
+    clipping.  With candidates only up to beta = 1.2 the per-channel ranges must clip the spikes (so
+    the search falls back to one per-tensor range); the widened grid reaches past them with per-
+    channel ranges and scores better on the same validation folds."""
+    from qhyvit_fx.config import ConfigError
+    from qhyvit_fx.methods.qhyvit import channel_fractions
+    from qhyvit_fx.quantizer import QSpec
+    from qhyvit_fx.search.hybrid import search_weighted
+    from qhyvit_fx.search.problem import ActStats, SearchOptions, WeightedLayerProblem
+    g = torch.Generator().manual_seed(0)
+    amp = torch.tensor([1.0, 0.1, 0.1, 0.1])
+    w = torch.randn(3, 4, generator=g)
+    x = torch.rand(256, 4, generator=g) * amp
+    fold = torch.arange(256) % 4
+    for k in range(4):
+        x[(fold == k).nonzero().squeeze(1)[:8], k] = 3 * amp[k]
+
+    def stats(t):
+        return ActStats(t.min(), t.max(), t.min(0).values, t.max(0).values)
+
+    st = stats(x)
+    st.folds = [stats(x[fold != k]) for k in range(4)]
+    p = WeightedLayerProblem(
+        name="fc", patches=x, weight=w, bias=None, out_fp=x @ w.T, grad2=torch.ones(256, 3), groups=1,
+        col_channel=torch.arange(4), act_stats=st, row_fold=fold,
+        w_spec=QSpec(bits=8, symmetric=True, per_channel=True),
+        a_spec=QSpec(bits=4, symmetric=False, signed=False, axis=1))
+    cfg = q.QConfig(method="qhyvit")
+    assert torch.allclose(channel_fractions(cfg), torch.arange(13, 31) / 10)
+    assert channel_fractions(replace(cfg, act_channel_beta=cfg.beta)) is None
+    res, cv = {}, {}
+    for name, extra in (("narrow", None), ("wide", channel_fractions(cfg))):
+        opts = SearchOptions(rounds=1, search_scheme=False, channel_fractions=extra)
+        qp = search_weighted(p, opts).inputs[0]
+        frac = float((qp.scale * (qp.spec.qmax - qp.spec.qmin) / (st.range(qp.spec.per_channel)[1])).mean())
+        res[name] = (qp.spec.per_channel, round(frac, 1))
+        wq = H._weight_cands(w, H._one(H._minmax_choice(*H.channel_minmax(w, 0), p.w_spec).qp))[0]
+        cv[name] = float(H._act_errors(p, qp.spec, torch.tensor([frac]), wq, p.rows, opts)[0])
+    assert res["narrow"][0] is False or res["narrow"][1] <= cfg.beta
+    assert res["wide"][0] is True and res["wide"][1] > cfg.beta
+    assert cv["wide"] < 0.5 * cv["narrow"]
+    with pytest.raises(ConfigError, match="act_channel_beta"):
+        q.QConfig(act_channel_beta=1.0)

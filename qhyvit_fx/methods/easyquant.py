@@ -21,7 +21,8 @@ class EasyQuant(QHyViT):
 
     def __init__(self, config):
         super().__init__(dataclasses.replace(config, bridge_objective=False, act_cv=False,
-                                             bias_correction=False, calib_augment="none"))
+                                             bias_correction=False, calib_augment="none",
+                                             act_channel_beta=config.beta))
 
     def search(self, p, opts):
         return easyquant(p, opts)

@@ -29,7 +29,8 @@ class PTQ4ViT(QHyViT):
     def __init__(self, config):
         super().__init__(dataclasses.replace(config, search_granularity=False, search_scheme=False,
                                              bridge_objective=False, act_cv=False, bias_correction=False,
-                                             calib_augment="none"))
+                                             calib_augment="none",
+                                             act_channel_beta=config.beta))
 
     def search(self, p, opts) -> LayerResult:
         res = super().search(p, opts)

@@ -46,8 +46,16 @@ def _to(obj, dev):
     return obj
 
 
+def channel_fractions(cfg) -> Optional[torch.Tensor]:
+    """Fractions above beta, 0.1 apart, up to act_channel_beta (None when it equals beta)."""
+    n = int(round((cfg.act_channel_beta - cfg.beta) / 0.1))
+    if n < 1:
+        return None
+    return torch.tensor([cfg.beta + 0.1 * i for i in range(1, n + 1)], dtype=torch.float32)
+
+
 def search_options(cfg) -> SearchOptions:
-    return SearchOptions(
+    return SearchOptions(channel_fractions=channel_fractions(cfg),
         rounds=cfg.rounds, round_tol=cfg.round_tol, fractions=candidate_fractions(cfg.n_candidates, cfg.alpha, cfg.beta),
         search_scale=cfg.search_scale, search_granularity=cfg.search_granularity, search_scheme=cfg.search_scheme,
         weight_asym_ok=cfg.target != "ort", act_scheme_search=cfg.target != "ort", topk=cfg.topk_verify, exhaustive=cfg.exhaustive,
@@ -117,7 +125,7 @@ class QHyViT(Method):
         meta = {"method": self.name, "seconds_collect": round(t_collect, 2),
                 "seconds_total": round(time.time() - t0, 2),
                 "search": {"rounds": cfg.rounds, "candidates": cfg.n_candidates + 1, "alpha": cfg.alpha,
-                           "beta": cfg.beta, "granularity": cfg.search_granularity, "scheme": cfg.search_scheme,
+                           "beta": cfg.beta, "act_channel_beta": cfg.act_channel_beta, "granularity": cfg.search_granularity, "scheme": cfg.search_scheme,
                            "scale": cfg.search_scale, "bridge_objective": cfg.bridge_objective,
                            "grad_damping": cfg.grad_damping, "calib_augment": cfg.calib_augment,
                            "max_positions": cfg.max_positions, "exhaustive": cfg.exhaustive}}

@@ -312,12 +312,15 @@ def _act_errors(p: WeightedLayerProblem, spec: QSpec, f: torch.Tensor, wq: torch
 
 def _search_act(p: WeightedLayerProblem, wq: torch.Tensor, cur: Optional[Choice], opts: SearchOptions,
                 stats: dict) -> Choice:
-    f = _fractions(opts)
+    base = _fractions(opts)
+    wide = base if opts.channel_fractions is None or not opts.search_scale else \
+        torch.cat([base, opts.channel_fractions.to(base.device)])
     combos = _combos(p.a_spec, opts if opts.act_scheme_search else replace(opts, search_scheme=False),
                      per_channel_ok=p.act_per_channel_ok and p.act_stats.ch_lo is not None,
                      asym_ok=not p.a_spec.symmetric or opts.act_scheme_search, asym_signed=False)
     best = None
     for spec in combos:
+        f = wide if spec.per_channel else base     # per-channel ranges may also widen past beta
         stats["evals"] = stats.get("evals", 0) + len(f)
         j, err = _halving(lambda idx, r: _act_errors(p, spec, f[idx], wq, r, opts), len(f), p.rows, opts)
         qp = _candidate_params(*p.act_stats.range(spec.per_channel), spec, f[j:j + 1])

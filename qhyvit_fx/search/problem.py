@@ -121,6 +121,7 @@ class SearchOptions:
     rounds: int = 3
     round_tol: float = 1e-2                          # stop when a round improves the objective less than this
     fractions: Optional[torch.Tensor] = None        # candidate fractions of the MinMax scale
+    channel_fractions: Optional[torch.Tensor] = None  # extra fractions for per-channel activation ranges
     search_scale: bool = True
     search_granularity: bool = True
     search_scheme: bool = True
