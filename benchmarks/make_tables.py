@@ -21,7 +21,7 @@ def _f(x, nd=2):
     return "-" if x is None else f"{x:.{nd}f}"
 
 
-def accuracy_tables(acc, variants=("minmax", "easyquant", "qhyvit-paper", "qhyvit", "qhyvit-flip"), bits=("w8a8", "w6a6", "w4a8", "w4a4")):
+def accuracy_tables(acc, variants=("minmax", "easyquant", "qhyvit-paper", "qhyvit", "qhyvit-b12", "qhyvit-flip"), bits=("w8a8", "w6a6", "w4a8", "w4a4")):
     out = []
     for model, rows in acc.items():
         fp = rows.get("float", {}).get("top1")
@@ -63,7 +63,8 @@ def ort_table(acc, variants=("minmax-ort", "qhyvit-ort"), bits=("w8a8", "w6a6", 
 
 def ablation_table(acc, model="mobilevit_xxs", bits=("w6a6", "w4a8")):
     names = [("abl-scale", "scale only"), ("abl-gran", "+ granularity"), ("abl-scheme", "+ scheme"),
-             ("abl-bridge", "+ bridge objective (= paper method)"), ("abl-cv", "+ K-fold validation (ours, default)"),
+             ("abl-bridge", "+ bridge objective (= paper method)"), ("abl-cv", "+ K-fold validation (ours)"),
+             ("abl-wide", "+ widened per-channel ranges (ours, default)"),
              ("abl-flip", "+ mirrored calibration images (option)"),
              ("qhyvit-fisher", "K-fold row with Fisher weights"), ("qhyvit-bc", "K-fold row + bias correction")]
     rows = acc.get(model, {})
@@ -79,6 +80,8 @@ def ablation_table(acc, model="mobilevit_xxs", bits=("w6a6", "w4a8")):
         if key == "abl-bridge" and not r:
             r = rows.get("qhyvit-paper", {})
         if key == "abl-cv" and not r:
+            r = rows.get("qhyvit-b12", {})
+        if key == "abl-wide" and not r:
             r = rows.get("qhyvit", {})
         if key == "abl-flip" and not r:
             r = rows.get("qhyvit-flip", {})
