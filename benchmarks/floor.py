@@ -54,22 +54,19 @@ def only(dec, keep_weights: bool, keep_inputs, layer_inputs=None):
 
 
 def asym(spec, lo: torch.Tensor, hi: torch.Tensor, per_channel: bool, axis: int):
-    from qhyvit_fx.quantizer import QParams
-    sp = dataclasses.replace(spec, symmetric=False, signed=False, per_channel=per_channel, axis=axis)
-    lo, hi = torch.minimum(lo, torch.zeros(())), torch.maximum(hi, torch.zeros(()))
-    scale = ((hi - lo) / (sp.qmax - sp.qmin)).clamp_min(1e-8)
-    zp = torch.round(sp.qmin - lo / scale).clamp(sp.qmin, sp.qmax).to(torch.int32)
-    return QParams(sp, scale.float(), zp, False)
+    """Asymmetric unsigned quantizer params covering [lo, hi] (widened to contain 0)."""
+    from qhyvit_fx.quantizer import params_from_range
+    return params_from_range(lo, hi, dataclasses.replace(spec, symmetric=False, signed=False,
+                                                         per_channel=per_channel, axis=axis))
 
 
 def input_ranges(gm, layer: str, xs: torch.Tensor, axis: int):
-    """Per-tensor and per-channel min / max of ``layer``'s input over ``xs``."""
+    """Per-channel min / max of ``layer``'s input over ``xs``."""
+    from qhyvit_fx.quantizer import channel_minmax
     st = {}
 
     def hook(_m, args, _out):
-        x = args[0].detach()
-        dims = [i for i in range(x.dim()) if i != axis % x.dim()]
-        lo, hi = x.amin(dim=dims), x.amax(dim=dims)
+        lo, hi = channel_minmax(args[0].detach(), axis)
         st["lo"] = lo if "lo" not in st else torch.minimum(st["lo"], lo)
         st["hi"] = hi if "hi" not in st else torch.maximum(st["hi"], hi)
 

@@ -59,13 +59,16 @@ class LayerResult:
 
 # ---- candidates ----------------------------------------------------------------------------
 
-def _fractions(opts: SearchOptions) -> torch.Tensor:
+def _fractions(opts: SearchOptions, widen: bool = False) -> torch.Tensor:
+    """The candidate fractions; ``widen`` (per-channel activation ranges) appends the ones past beta."""
     if not opts.search_scale:
         return torch.ones(1)
     f = opts.fractions if opts.fractions is not None else candidate_fractions()
     f = f.to(torch.get_default_device())      # the search runs under `with torch.device(...)`
     if not bool((f == 1.0).any()):
         f = torch.cat([f, torch.ones(1)])      # MinMax itself is always a candidate
+    if widen and opts.channel_fractions is not None:
+        f = torch.cat([f, opts.channel_fractions.to(f.device)])
     return f
 
 
@@ -312,15 +315,12 @@ def _act_errors(p: WeightedLayerProblem, spec: QSpec, f: torch.Tensor, wq: torch
 
 def _search_act(p: WeightedLayerProblem, wq: torch.Tensor, cur: Optional[Choice], opts: SearchOptions,
                 stats: dict) -> Choice:
-    base = _fractions(opts)
-    wide = base if opts.channel_fractions is None or not opts.search_scale else \
-        torch.cat([base, opts.channel_fractions.to(base.device)])
     combos = _combos(p.a_spec, opts if opts.act_scheme_search else replace(opts, search_scheme=False),
                      per_channel_ok=p.act_per_channel_ok and p.act_stats.ch_lo is not None,
                      asym_ok=not p.a_spec.symmetric or opts.act_scheme_search, asym_signed=False)
     best = None
     for spec in combos:
-        f = wide if spec.per_channel else base     # per-channel ranges may also widen past beta
+        f = _fractions(opts, widen=spec.per_channel)     # per-channel ranges may also widen past beta
         stats["evals"] = stats.get("evals", 0) + len(f)
         j, err = _halving(lambda idx, r: _act_errors(p, spec, f[idx], wq, r, opts), len(f), p.rows, opts)
         qp = _candidate_params(*p.act_stats.range(spec.per_channel), spec, f[j:j + 1])
