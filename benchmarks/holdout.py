@@ -24,6 +24,7 @@ import json
 import os
 import random
 import sys
+import tempfile
 import time
 
 import torch
@@ -56,12 +57,16 @@ def main():
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--configs", required=True, help="JSON list of QConfig keyword dicts")
     ap.add_argument("--calib-images", type=int, default=32, help="training images to calibrate on (default 32)")
+    ap.add_argument("--runtime", choices=("torch", "ort", "both"), default="torch",
+                    help="score the fake-quant GraphModule (torch), the exported ONNX through onnxruntime's "
+                         "kernels (ort: what ships), or both")
     ap.add_argument("--calib-on-eval", action="store_true",
                     help="calibrate on the evaluation images themselves (an upper bound, not a result)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     import qhyvit_fx as q
     from qhyvit_fx.evaluate import Metrics
+    from qhyvit_fx.export import ort_callable
     lm, calib, xs, ys = holdout(args.model, args.images, args.calib_images)
     if args.calib_on_eval:
         calib = xs
@@ -74,9 +79,21 @@ def main():
         cfg = q.QConfig(**c)
         pm = q.prepare(lm.model, calib[:1], cfg)
         q.calibrate(pm, calib)
-        m = Metrics("").update(logits(q.convert(pm), xs), fp, ys)
-        print(f"{json.dumps(c)}: top-1 {m.top1:.2f} agree {m.agreement:.2f} KL {m.kl:.5f} "
-              f"({time.time() - t0:.0f} s)", flush=True)
+        qm = q.convert(pm)
+        scores = []
+        if args.runtime in ("torch", "both"):
+            scores.append(("torch", Metrics("").update(logits(qm, xs), fp, ys)))
+        if args.runtime in ("ort", "both"):
+            with tempfile.TemporaryDirectory() as d:
+                path = os.path.join(d, "model.onnx")
+                q.export_onnx(qm, path)
+                try:
+                    scores.append(("ort", Metrics("").update(logits(ort_callable(path), xs), fp, ys)))
+                except Exception as e:    # per-channel activations (target fakequant) fail in ORT's kernels
+                    scores.append(("ort", f"fails ({str(e).splitlines()[0][:120]})"))
+        text = "; ".join(f"{rt} {m}" if isinstance(m, str) else
+                         f"{rt} top-1 {m.top1:.2f} agree {m.agreement:.2f} KL {m.kl:.5f}" for rt, m in scores)
+        print(f"{json.dumps(c)}: {text} ({time.time() - t0:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":

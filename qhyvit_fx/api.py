@@ -131,6 +131,7 @@ def decide(qm: fx.GraphModule) -> Decisions:
     decisions.meta["mode"] = config.mode
     decisions.meta["quantize_outputs"] = config.quantize_outputs or config.target == "ort"
     decisions.meta["weight_range_bits"] = config.weight_range_bits
+    decisions.meta["config"] = config.to_dict()      # `qhyvit export` re-prepares exactly this graph
     decisions.meta["calib_images"] = int(images.shape[0]) if images is not None else qm.meta.get("qhyvit_calib_count")
     return decisions
 
@@ -202,7 +203,8 @@ def _tie_output_quantizers(qm: fx.GraphModule, decisions: Decisions) -> None:
         if first is None or any(q is None or not _same_params(q, first) for q in qps[1:]):
             continue
         d = decisions.layers[layer]
-        if d.output is None or d.output.spec != first.spec or first.scale.numel() != 1:
+        # the output's code width may differ (output_bits): a tied output takes the readers' width
+        if d.output is None or d.output.spec.with_(bits=first.spec.bits) != first.spec or first.scale.numel() != 1:
             continue
         if clipped.get(layer):
             # the output quantizer follows a ReLU/ReLU6 and must stay inside its range for

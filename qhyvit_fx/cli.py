@@ -296,9 +296,14 @@ def cmd_export(args) -> int:
     job = _resolve_job(args, need_calib=False)
     lm, pre = _load(job, args.img or dec.meta.get("img_size"))
     from .config import QConfig
-    w_bits, a_bits = int(dec.meta.get("w_bits", 8)), int(dec.meta.get("a_bits", 8))
-    cfg = QConfig(w_bits=w_bits, a_bits=a_bits, target=dec.meta.get("target", "fakequant"),
-                  mode=dec.meta.get("mode", "partial"), quantize_outputs=bool(dec.meta.get("quantize_outputs", False)))
+    if isinstance(dec.meta.get("config"), dict):
+        # the whole config the decisions were taken with: the same graph is prepared again
+        cfg = QConfig.from_dict(dict(dec.meta["config"], device="cpu", progress=False))
+    else:                                   # decisions files from before the config was recorded
+        w_bits, a_bits = int(dec.meta.get("w_bits", 8)), int(dec.meta.get("a_bits", 8))
+        cfg = QConfig(w_bits=w_bits, a_bits=a_bits, target=dec.meta.get("target", "fakequant"),
+                      mode=dec.meta.get("mode", "partial"),
+                      quantize_outputs=bool(dec.meta.get("quantize_outputs", False)))
     x = torch.zeros(1, 3, pre.img_size, pre.img_size)
     pm = api.prepare(lm.model, x, cfg)
     qm = api.convert(pm, dec)

@@ -82,6 +82,10 @@ class QConfig:
     target: str = "fakequant"          # 'ort': what onnxruntime runs in integer kernels -- per-tensor activations
                                        # (scheme a_scheme, not searched), symmetric weights, Q/DQ on op outputs
     quantize_outputs: bool = False     # Q/DQ also after each quantized op (always on with target='ort')
+    output_bits: int = 8               # bits of a layer's output quantizer where a float op reads the output
+                                       # (it exists only so that onnxruntime fuses QLinearConv / QGemm, whose
+                                       # u8 output costs the same at any code width); where the output is the
+                                       # next layer's input (after a ReLU, or tied to its reader) a_bits apply
     weight_range_bits: Optional[int] = None  # clamp weight codes to this many bits (7 for AVX2 u8s8 kernels)
     calib_images: int = 32
     calib_batch: int = 8
@@ -139,6 +143,8 @@ class QConfig:
             raise ConfigError(f"quantize_ops {bad} unknown; use a subset of conv, linear, matmul")
         if self.calib_images < 1:
             raise ConfigError("calib_images must be at least 1")
+        if not isinstance(self.output_bits, int) or not 2 <= self.output_bits <= 8:
+            raise ConfigError(f"output_bits={self.output_bits!r} is outside 2-8; choose an integer from 2 to 8")
         if self.weight_range_bits is not None and not 2 <= self.weight_range_bits <= 8:
             raise ConfigError("weight_range_bits must be between 2 and 8")
         check_device(self.device)

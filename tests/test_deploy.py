@@ -181,3 +181,27 @@ def test_integer_mode_search_keeps_one_quantizer_per_tensor(tmp_path, tiny, tiny
     assert rep.integer_count == len(rep.ops) == 14
     ops = rep.optimized_ops
     assert ops.get("QLinearAdd") == 3 and ops.get("QLinearConcat") == 1 and ops.get("QLinearMul") == 2
+
+
+def test_output_quantizers_read_by_float_ops_keep_8_bits(tmp_path, tiny_images):
+    """W6A6 for onnxruntime: every layer input is quantized to 6 bits; an output quantizer that only
+    exists for QLinearConv's fusion (a float op reads it) keeps 8-bit codes, one that is the next
+    layer's input (after a ReLU, or tied to its reader) takes the reader's 6 bits."""
+    torch.manual_seed(0)
+    m = _Bottleneck().eval()
+    for out_bits in (8, 6):
+        cfg = dict(method="minmax", target="ort", w_bits=6, a_bits=6)
+        if out_bits != 8:
+            cfg["output_bits"] = out_bits
+        pm = q.prepare(m, tiny_images[:1], q.QConfig(**cfg))
+        q.calibrate(pm, tiny_images)
+        dec = pm.meta["qhyvit_decisions"]
+        assert all(qp.spec.bits == 6 for d in dec.layers.values() for qp in d.inputs.values())
+        assert dec.layers["a"].output.spec.bits == 6          # after a's relu: b's input
+        assert dec.layers["b"].output.spec.bits == 6          # tied to c's 6-bit input
+        assert dec.layers["c"].output.spec.bits == 6          # after c's relu (the quantizer follows it)
+        assert dec.layers["head"].output.spec.bits == out_bits  # the logits: read by nothing quantized
+        assert dec.meta["config"]["output_bits"] == out_bits
+    from qhyvit_fx.config import ConfigError
+    with pytest.raises(ConfigError, match="output_bits"):
+        q.QConfig(output_bits=9)

@@ -193,8 +193,11 @@ def annotate(gm: fx.GraphModule, config: QConfig) -> fx.GraphModule:
         needs_out = k == Kind.CONV or (k == Kind.LINEAR and r == 2)
         after = None
         if config.quantize_outputs or (ort and needs_out):
-            out_spec = config.act_spec(a_bits).with_(per_channel=False, axis=0)
             after = _clipping_activation(gm, node)
+            # after a ReLU the output quantizer is also the next layer's input quantizer: a_bits;
+            # on the raw output a float op reads it, and the kernel's u8 output costs the same at 8 bits
+            out_bits = a_bits if after is not None else max(a_bits, config.output_bits)
+            out_spec = config.act_spec(out_bits).with_(per_channel=False, axis=0)
         b = node.meta.get("qhyvit_bridge")
         node.meta[ANNOTATION] = QuantAnnotation(
             layer=name, kind=k.value, weight=wspec, inputs=inputs, input_axes=axes, output=out_spec,
