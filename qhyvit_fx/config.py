@@ -100,6 +100,9 @@ class QConfig:
                                        # multiple of the calibration ranges (beta alone: the paper's grid).
                                        # Per-channel ranges of 32 images underestimate what new images
                                        # produce, most where a layer has few positions per image
+    act_channel_migrate: bool = True   # target ort, partial/full mode: per-channel input ranges stay a search
+                                       # choice on linears and unpadded ungrouped convs, deployed as per-channel
+                                       # codes read with one scale, the channel ratios moved into the weights
     search_scale: bool = True
     search_granularity: bool = True
     search_scheme: bool = True

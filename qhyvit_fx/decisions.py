@@ -36,6 +36,10 @@ class LayerDecision:
     # "in_scale": r [K], "in_shift": t [K]}; convert sets the norm's affine to (gamma/r, (beta+t)/r),
     # the layer weight to W*r (input channels) and its bias to b - W t (same function, new ranges)
     reparam: Optional[Dict[str, Any]] = None
+    # migrated per-channel input (integer kernels): m [K] per input channel; the input's per-channel
+    # codes (inputs[0], scales s_c) are read with the one scale s_c / m_c, and the weight decision
+    # is for W * m (input channels); convert corrects the bias for the zero points
+    input_migration: Optional[Any] = None
 
     def to_dict(self) -> dict:
         d = {"layer": self.layer, "kind": self.kind, "bridge": self.bridge,
@@ -48,6 +52,8 @@ class LayerDecision:
             d["reparam"] = {"norm": self.reparam["norm"],
                             "in_scale": [float(v) for v in self.reparam["in_scale"].reshape(-1)],
                             "in_shift": [float(v) for v in self.reparam["in_shift"].reshape(-1)]}
+        if self.input_migration is not None:
+            d["input_migration"] = [float(v) for v in self.input_migration.reshape(-1)]
         if self.error:
             d["error"] = {k: float(v) for k, v in self.error.items()}
         if self.info:
@@ -71,7 +77,8 @@ class LayerDecision:
                 inputs={int(k): qp(v, f"input {k}") for k, v in (d.get("inputs") or {}).items()},
                 output=qp(d.get("output"), "output"),
                 error=dict(d.get("error") or {}), info=dict(d.get("info") or {}),
-                bias_delta=_bias(d.get("bias_delta"), name), reparam=_reparam(d.get("reparam"), name))
+                bias_delta=_bias(d.get("bias_delta"), name), reparam=_reparam(d.get("reparam"), name),
+                input_migration=_migration(d.get("input_migration"), name))
         except KeyError as e:
             raise DecisionsError(f"a layer entry lacks the key {e}") from e
 
@@ -84,6 +91,17 @@ def _bias(v, name):
     if t.dim() != 1 or not torch.isfinite(t).all():
         raise DecisionsError(f"layer '{name}': bias_delta must be a finite list of numbers")
     return t
+
+
+def _migration(v, name):
+    if v is None:
+        return None
+    import torch
+    m = torch.tensor(v, dtype=torch.float32)
+    if m.dim() != 1 or m.numel() == 0 or not (torch.isfinite(m).all() and (m > 0).all()):
+        raise DecisionsError(f"layer '{name}': input_migration must be a list of positive numbers, "
+                             "one per input channel")
+    return m
 
 
 def _reparam(v, name):

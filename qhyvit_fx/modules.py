@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .quantizer import QParams, QSpec, channel_minmax, fake_quant, quant_dequant
 
-__all__ = ["ActObserver", "FakeQuantize", "NonUniformQuantize", "make_quantizer", "QuantConv2d", "QuantLinear",
+__all__ = ["ActObserver", "FakeQuantize", "MigratedQuantize", "NonUniformQuantize", "make_quantizer", "QuantConv2d", "QuantLinear",
            "InputRecorder"]
 
 
@@ -158,6 +158,69 @@ class FakeQuantize(nn.Module):
     def extra_repr(self) -> str:
         g = "per-channel(axis=%d)" % self.axis if self.axis is not None else "per-tensor"
         return f"bits={self.bits}, {self.spec.scheme}, {g}, q=[{self.qmin},{self.qmax}]"
+
+
+class _MigratedQDQ(torch.autograd.Function):
+    """Per-channel codes read back with one scale: q = clamp(round(x / s_c) + z_c), y = (q - z_r) * s_r."""
+
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, qmin, qmax, axis, dq_scale, dq_zero_point, scale_list, zp_list):
+        shape = [1] * x.dim()
+        shape[axis] = -1
+        s, z = scale.reshape(shape), zero_point.reshape(shape).float()
+        q = torch.clamp(torch.round(x * (1.0 / s)) + z, qmin, qmax)
+        ctx.save_for_backward((x >= (qmin - z) * s) & (x <= (qmax - z) * s))
+        if dq_zero_point[0]:        # (no "- 0" in the trace: the TorchScript peephole pass trips on it)
+            q = q - dq_zero_point[0]
+        return q * dq_scale[0]
+
+    @staticmethod
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        return (grad * mask,) + (None,) * 9
+
+    @staticmethod
+    def symbolic(g, x, scale, zero_point, qmin, qmax, axis, dq_scale, dq_zero_point, scale_list, zp_list):
+        dtype, cmin, cmax = _container(False)
+        q = g.op("QuantizeLinear", x, _onnx_const(g, scale_list, torch.float32), _onnx_const(g, zp_list, dtype),
+                 axis_i=axis)
+        if qmin > cmin or qmax < cmax:
+            q = g.op("Clip", q, _onnx_const(g, qmin, dtype), _onnx_const(g, qmax, dtype))
+        return g.op("DequantizeLinear", q, _onnx_const(g, float(dq_scale[0]), torch.float32),
+                    _onnx_const(g, int(dq_zero_point[0]), dtype))
+
+
+class MigratedQuantize(nn.Module):
+    """A per-channel input quantizer that integer kernels can run: the codes are made per channel
+    (one QuantizeLinear with per-axis scales s_c and zero points z_c) and read back with one
+    per-tensor scale s_r = s_c / m_c (DequantizeLinear, which QLinearConv / QGemm fuse).  The layer
+    reading it holds the weight W * m (columns) and a bias corrected for z_c - z_r, so it computes
+    what per-channel quantization of its input would (see passes/convert.py)."""
+
+    def __init__(self, qparams: QParams, axis: int, dq_scale: float, dq_zero_point: int = 0):
+        super().__init__()
+        spec = qparams.spec
+        if not spec.per_channel or spec.signed:
+            raise ValueError("a migrated input quantizer is per-channel with unsigned codes")
+        self.spec, self.axis, self.qmin, self.qmax = spec, axis, spec.qmin, spec.qmax
+        self.register_buffer("scale", qparams.scale.clone())
+        self.register_buffer("zero_point", qparams.zero_point.clone())
+        self.dq_scale, self.dq_zero_point = float(dq_scale), int(dq_zero_point)
+        self._scale_list = [float(v) for v in self.scale.reshape(-1)]
+        self._zp_list = [int(v) for v in self.zero_point.reshape(-1)]
+        self.zp_overflow = qparams.zp_overflow
+
+    @property
+    def qparams(self) -> QParams:
+        return QParams(self.spec, self.scale, self.zero_point, self.zp_overflow)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _MigratedQDQ.apply(x, self.scale, self.zero_point, self.qmin, self.qmax, self.axis % x.dim(),
+                                  [self.dq_scale], [self.dq_zero_point], self._scale_list, self._zp_list)
+
+    def extra_repr(self) -> str:
+        return (f"bits={self.spec.bits}, per-channel codes (axis={self.axis}) "
+                f"read with scale={self.dq_scale:.4g}, zero point={self.dq_zero_point}")
 
 
 class NonUniformQuantize(nn.Module):

@@ -43,8 +43,10 @@ def test_ort_target_decisions_fit_the_kernels(tiny, tiny_images):
     for d in dec.layers.values():
         if d.weight is not None:
             assert d.weight.spec.symmetric and d.weight.spec.bits == 7
-        for qp in list(d.inputs.values()) + ([d.output] if d.output is not None else []):
-            assert not qp.spec.per_channel and not qp.spec.symmetric and not qp.spec.signed
+        for i, qp in list(d.inputs.items()) + ([("out", d.output)] if d.output is not None else []):
+            # per-channel codes only where they are read with one scale (migrated into the weight)
+            assert not qp.spec.per_channel or (i == 0 and d.input_migration is not None)
+            assert not qp.spec.symmetric and not qp.spec.signed
     # output Q/DQ only where onnxruntime's kernels need one: convs (QLinearConv) and the 2-D head (QGemm)
     with_out = {d.layer for d in dec.layers.values() if d.output is not None}
     assert with_out == {d.layer for d in dec.layers.values() if d.kind == "conv"} | {"head"}
@@ -205,3 +207,49 @@ def test_output_quantizers_read_by_float_ops_keep_8_bits(tmp_path, tiny_images):
     from qhyvit_fx.config import ConfigError
     with pytest.raises(ConfigError, match="output_bits"):
         q.QConfig(output_bits=9)
+
+
+def test_migrated_per_channel_inputs_run_in_integer_kernels(tmp_path, tiny, tiny_images):
+    """target ort: per-channel input ranges of linears / unpadded convs are deployed as per-channel
+    codes read with one scale, the channel ratios m moved into the weight.  The converted layer
+    computes x_hat @ (Q(W * m) / m)^T (what the search scored), onnxruntime runs it in its integer
+    kernels, and its outputs match the fake-quant graph's."""
+    import torch.nn.functional as F
+    from qhyvit_fx.modules import MigratedQuantize
+    from qhyvit_fx.quantizer import fake_quant
+    pm = q.prepare(tiny, tiny_images[:1], q.QConfig(method="qhyvit", target="ort", w_bits=6, a_bits=6))
+    q.calibrate(pm, tiny_images)
+    dec = pm.meta["qhyvit_decisions"]
+    migrated = {d.layer for d in dec.layers.values() if d.input_migration is not None}
+    assert migrated == {"vit.transformer.0.attn.qkv", "vit.transformer.0.mlp.fc1"}
+    qm = q.convert(pm)
+    d = dec.layers["vit.transformer.0.mlp.fc1"]
+    qin, m = d.inputs[0], d.input_migration
+    assert qin.spec.per_channel and qin.spec.axis == 2 and m.numel() == 24 and float(m.max()) == 1.0
+    mods = dict(qm.named_modules())
+    assert sum(isinstance(x, MigratedQuantize) for x in mods.values()) == 2
+    # the deployed arithmetic equals per-channel quantization with the weight Q(W * m) / m
+    lin = pm.get_submodule("vit.transformer.0.mlp.fc1")
+    x = torch.randn(2, 5, 24, generator=torch.Generator().manual_seed(3)) * 2
+    xq = fake_quant(x, qin.scale, qin.zero_point, qin.spec.qmin, qin.spec.qmax, axis=2)
+    wq = fake_quant(lin.weight * m, d.weight.scale, d.weight.zero_point, d.weight.spec.qmin, d.weight.spec.qmax, axis=0)
+    ref = F.linear(xq, wq / m, lin.bias)
+    obs = next(n for n in qm.graph.nodes if n.op == "call_module" and isinstance(mods[n.target], MigratedQuantize)
+               and "fc1" in n.target)
+    got = qm.get_submodule("vit.transformer.0.mlp.fc1")(qm.get_submodule(obs.target)(x))
+    assert (got - ref).abs().max().item() < 1e-4 * ref.abs().max().item()
+    path = str(tmp_path / "mig.onnx")
+    export_onnx(qm, path)
+    rep = check_onnx(path)
+    assert rep.integer_count == len(rep.ops) == 14
+    xs = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        ref = qm(xs)
+    out = ort_callable(path)(xs)
+    assert (out.argmax(1) == ref.argmax(1)).float().mean().item() >= 0.95
+    assert (out - ref).abs().max().item() < 0.05 * ref.abs().max().item()
+    # off: no migrated layer, every input per-tensor
+    pm = q.prepare(tiny, tiny_images[:1], q.QConfig(method="qhyvit", target="ort", act_channel_migrate=False))
+    q.calibrate(pm, tiny_images)
+    assert all(d.input_migration is None and not any(qp.spec.per_channel for qp in d.inputs.values())
+               for d in pm.meta["qhyvit_decisions"].layers.values())

@@ -53,7 +53,7 @@ def test_fast_steps_match_exhaustive(problems):
             a, b = H._search_weight(p, xq, wch, fast, {}), H._search_weight(p, xq, wch, ex, {})
             pairs = [(a.key == b.key, H._weight_error(p, xq, a, None, ex), H._weight_error(p, xq, b, None, ex))]
             wq = H._weight_cands(p.weight, H._one(wch.qp))[0]
-            c, d = H._search_act(p, wq, ach, fast, {}), H._search_act(p, wq, ach, ex, {})
+            c, d = H._search_act(p, lambda s: wq, ach, fast, {}), H._search_act(p, lambda s: wq, ach, ex, {})
             fc = float(H._act_errors(p, c.spec, torch.tensor([c.frac]), wq, p.rows, ex)[0])
             fd = float(H._act_errors(p, d.spec, torch.tensor([d.frac]), wq, p.rows, ex)[0])
             pairs.append((c.key == d.key, fc, fd))

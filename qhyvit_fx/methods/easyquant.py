@@ -20,7 +20,7 @@ class EasyQuant(QHyViT):
     name = "easyquant"
 
     def __init__(self, config):
-        super().__init__(dataclasses.replace(config, bridge_objective=False, act_cv=False,
+        super().__init__(dataclasses.replace(config, act_channel_migrate=False, bridge_objective=False, act_cv=False,
                                              bias_correction=False, calib_augment="none",
                                              act_channel_beta=config.beta))
 

@@ -27,7 +27,7 @@ class PTQ4ViT(QHyViT):
     name = "ptq4vit"
 
     def __init__(self, config):
-        super().__init__(dataclasses.replace(config, search_granularity=False, search_scheme=False,
+        super().__init__(dataclasses.replace(config, act_channel_migrate=False, search_granularity=False, search_scheme=False,
                                              bridge_objective=False, act_cv=False, bias_correction=False,
                                              calib_augment="none",
                                              act_channel_beta=config.beta))

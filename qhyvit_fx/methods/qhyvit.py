@@ -59,7 +59,7 @@ def search_options(cfg) -> SearchOptions:
         rounds=cfg.rounds, round_tol=cfg.round_tol, fractions=candidate_fractions(cfg.n_candidates, cfg.alpha, cfg.beta),
         search_scale=cfg.search_scale, search_granularity=cfg.search_granularity, search_scheme=cfg.search_scheme,
         weight_asym_ok=cfg.target != "ort", act_scheme_search=cfg.target != "ort", topk=cfg.topk_verify, exhaustive=cfg.exhaustive,
-        act_cv=cfg.act_cv, coarse_rows=cfg.coarse_rows, bias_correction=cfg.bias_correction)
+        act_cv=cfg.act_cv, act_migrate=cfg.act_channel_migrate, coarse_rows=cfg.coarse_rows, bias_correction=cfg.bias_correction)
 
 
 @register_method
@@ -117,7 +117,7 @@ class QHyViT(Method):
                               inputs={i: q for i, q in zip(sorted(ann.inputs), res.inputs)},
                               error={"before": res.error_before, "after": res.error_after},
                               info=dict(info.get(ann.layer, {}), rounds=res.rounds, rows=p.rows),
-                              bias_delta=res.bias_delta)
+                              bias_delta=res.bias_delta, input_migration=res.migration)
             if ann.output is not None:
                 d.output = getattr(res, "output", None) or init.layers[ann.layer].output
             layers[ann.layer] = d
@@ -127,6 +127,6 @@ class QHyViT(Method):
                 "search": {"rounds": cfg.rounds, "candidates": cfg.n_candidates + 1, "alpha": cfg.alpha,
                            "beta": cfg.beta, "act_channel_beta": cfg.act_channel_beta, "granularity": cfg.search_granularity, "scheme": cfg.search_scheme,
                            "scale": cfg.search_scale, "bridge_objective": cfg.bridge_objective,
-                           "grad_damping": cfg.grad_damping, "calib_augment": cfg.calib_augment,
+                           "grad_damping": cfg.grad_damping, "act_channel_migrate": cfg.act_channel_migrate, "calib_augment": cfg.calib_augment,
                            "max_positions": cfg.max_positions, "exhaustive": cfg.exhaustive}}
         return Decisions(layers, meta)

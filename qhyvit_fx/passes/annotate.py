@@ -43,6 +43,9 @@ class QuantAnnotation:
     # ("softmax", "gelu", "silu", "layernorm", "groupnorm", ...; "via layout" appended when reshapes
     # sit in between).  The baselines pick their special quantizers from it.
     producers: Dict[int, tuple] = field(default_factory=dict)
+    # input 0 may be quantized per channel although the kernel reads one scale: per-channel codes,
+    # the channel ratios moved into the weight (a linear or an unpadded ungrouped conv)
+    input_migrate: bool = False
 
     @property
     def a_bits(self) -> int:
@@ -71,6 +74,35 @@ def _clipping_activation(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
     else:
         ok = False
     return u.name if ok else None
+
+
+def _migratable(mod) -> bool:
+    """Whether per-channel input scales can move into the weight exactly: every output reads each
+    input channel through its own weight column and no input position is padding (padding codes
+    would carry the per-tensor zero point, not the channel's).  Integer mode is excluded: other
+    readers of the tensor read the same quantized codes there."""
+    if isinstance(mod, nn.Linear):
+        return True
+    return isinstance(mod, nn.Conv2d) and mod.groups == 1 and mod.padding in ((0, 0), "valid")
+
+
+def _quantized_by_producer(gm: fx.GraphModule, arg) -> bool:
+    """Whether ``arg`` (seen through layout ops) is already the output of an earlier layer's output
+    quantizer: that per-tensor quantizer is the reader's input quantizer too (tied after the
+    search), so the reader cannot take per-channel codes of its own."""
+    n = arg
+    while isinstance(n, fx.Node) and classify(gm, n) == Kind.RESHAPE and n.args and isinstance(n.args[0], fx.Node):
+        n = n.args[0]
+    if not isinstance(n, fx.Node):
+        return False
+    ann = n.meta.get(ANNOTATION)
+    if ann is not None and ann.output is not None and ann.output_after is None:
+        return True
+    for p in n.all_input_nodes:                   # a ReLU the producer's output quantizer follows
+        pa = p.meta.get(ANNOTATION)
+        if pa is not None and pa.output is not None and pa.output_after == n.name:
+            return True
+    return False
 
 
 def quantized_layers(gm: fx.GraphModule) -> List[fx.Node]:
@@ -178,10 +210,14 @@ def annotate(gm: fx.GraphModule, config: QConfig) -> fx.GraphModule:
             wspec = config.weight_spec(w_bits)
             if ort and not wspec.symmetric:
                 wspec = wspec.with_(symmetric=True, signed=True)
+        migrate = ort and k != Kind.MATMUL and config.act_channel_migrate and config.mode != "integer" \
+            and _migratable(node_module(gm, node)) and not _quantized_by_producer(gm, node.args[0])
+        r_in = rank(node.args[0])
+        mig_axis = (1 if k == Kind.CONV else (r_in or 2) - 1) if migrate else 0
         inputs = {}
         for j in idxs:
             ax = axes[j]
-            spec = config.act_spec(a_bits, axis=ax if ax is not None else 0)
+            spec = config.act_spec(a_bits, axis=ax if ax is not None else mig_axis)
             if ax is None and spec.per_channel:
                 spec = spec.with_(per_channel=False, axis=0)
             inputs[j] = spec
@@ -203,7 +239,8 @@ def annotate(gm: fx.GraphModule, config: QConfig) -> fx.GraphModule:
             layer=name, kind=k.value, weight=wspec, inputs=inputs, input_axes=axes, output=out_spec,
             output_axis=out_axis, output_after=after, bridge=b["id"] if b else None,
             bridge_role=b["role"] if b else None,
-            producers={j: _producer(gm, node.args[j]) for j in idxs})
+            producers={j: _producer(gm, node.args[j]) for j in idxs},
+            input_migrate=migrate)
         used.add(name)
     if config.mode in ("full", "integer"):
         live = activation_nodes(gm)

@@ -11,7 +11,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from ..decisions import Decisions, DecisionsError
-from ..modules import QuantConv2d, QuantLinear, make_quantizer
+from ..modules import MigratedQuantize, QuantConv2d, QuantLinear, make_quantizer
 from ..quantizer import QParams
 from .annotate import ANNOTATION
 from .quantize_every_use import quantize_every_use
@@ -65,6 +65,40 @@ def _reparameterise(gm: fx.GraphModule, node: fx.Node, layer: str, rp: dict) -> 
     gm.add_submodule(node.target, mod)
 
 
+def _migrated_read(layer: str, qp: QParams, m: torch.Tensor) -> float:
+    """The one scale s_r = s_c / m_c that reads a migrated input's per-channel codes back."""
+    if not qp.spec.per_channel or qp.spec.signed or qp.scale.numel() != m.numel():
+        raise DecisionsError(f"layer '{layer}': input_migration needs a per-channel unsigned input 0 "
+                             f"with one scale per channel ({m.numel()})")
+    r = qp.scale.float() / m
+    if not torch.allclose(r, r.mean().expand_as(r), rtol=1e-4):
+        raise DecisionsError(f"layer '{layer}': input scales / input_migration must be one number "
+                             "(the per-tensor scale the kernel reads)")
+    return float(r.mean())
+
+
+def _migrate_weight(mod: nn.Module, layer: str, m: torch.Tensor) -> nn.Module:
+    """A copy of the conv / linear with its input channels scaled by ``m`` (W * m)."""
+    if not isinstance(mod, (nn.Linear, nn.Conv2d)) or (isinstance(mod, nn.Conv2d) and mod.groups != 1):
+        raise DecisionsError(f"layer '{layer}': input_migration needs a linear or an ungrouped conv")
+    k = mod.weight.shape[1]
+    if m.numel() != k:
+        raise DecisionsError(f"layer '{layer}': input_migration has {m.numel()} values for {k} input channels")
+    mod = copy.deepcopy(mod)
+    with torch.no_grad():
+        mod.weight.mul_(m.reshape((1, k) + (1,) * (mod.weight.dim() - 2)))
+    return mod
+
+
+def _zero_point_bias(q: nn.Module, qp: QParams, dq_scale: float, dq_zero_point: int) -> None:
+    """Codes read with one zero point z_r instead of z_c add W'(z_c - z_r) s_r per output: remove it.
+    Exact where no input position is padding (1x1 convs without padding, linears)."""
+    w = q.dequantized_weight().detach()
+    shift = w.reshape(w.shape[0], w.shape[1], -1).sum(-1) @ ((qp.zero_point.float() - dq_zero_point) * dq_scale)
+    base = q.bias.detach() if q.bias is not None else torch.zeros(w.shape[0])
+    q.bias = nn.Parameter(base - shift, requires_grad=False)
+
+
 def convert_graph(prepared: fx.GraphModule, decisions: Decisions) -> fx.GraphModule:
     gm = copy.deepcopy(prepared)
     g = gm.graph
@@ -95,7 +129,15 @@ def convert_graph(prepared: fx.GraphModule, decisions: Decisions) -> fx.GraphMod
             _check_channels(ann.layer, "weight", d.weight, mod.weight.shape[0])
             if d.weight.spec.per_channel and d.weight.spec.axis != 0:
                 raise DecisionsError(f"layer '{ann.layer}': weight channels are on axis 0")
+            dq_scale = None
+            if d.input_migration is not None:
+                if getattr(mod, "padding", (0,)) not in ((0, 0), (0,), 0, "valid"):
+                    raise DecisionsError(f"layer '{ann.layer}': input_migration needs a conv without padding")
+                dq_scale = _migrated_read(ann.layer, d.inputs[0], d.input_migration)
+                mod = _migrate_weight(mod, ann.layer, d.input_migration)
             q = QuantConv2d(mod, d.weight) if isinstance(mod, nn.Conv2d) else QuantLinear(mod, d.weight)
+            if dq_scale is not None:
+                _zero_point_bias(q, d.inputs[0], dq_scale, 0)
             if d.bias_delta is not None:
                 if d.bias_delta.numel() != mod.weight.shape[0]:
                     raise DecisionsError(f"layer '{ann.layer}': bias_delta has {d.bias_delta.numel()} values "
@@ -118,7 +160,10 @@ def convert_graph(prepared: fx.GraphModule, decisions: Decisions) -> fx.GraphMod
                     raise DecisionsError(f"layer '{ann.layer}' {slot}: per-channel axis {axis} is invalid")
                 axis = axis % len(shape)
                 _check_channels(ann.layer, slot, qp, shape[axis])
-            gm.add_submodule(obs_name, make_quantizer(qp, axis=axis))
+            if slot == "in0" and d.input_migration is not None:
+                gm.add_submodule(obs_name, MigratedQuantize(qp, axis, _migrated_read(ann.layer, qp, d.input_migration)))
+            else:
+                gm.add_submodule(obs_name, make_quantizer(qp, axis=axis))
     g.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()

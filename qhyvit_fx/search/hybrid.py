@@ -55,6 +55,7 @@ class LayerResult:
     info: dict = field(default_factory=dict)
     bias_delta: Optional[torch.Tensor] = None     # added to the layer bias (bias correction)
     output: Optional[QParams] = None              # searched output quantizer
+    migration: Optional[torch.Tensor] = None      # [K] input-channel ratios moved into the weight
 
 
 # ---- candidates ----------------------------------------------------------------------------
@@ -313,23 +314,62 @@ def _act_errors(p: WeightedLayerProblem, spec: QSpec, f: torch.Tensor, wq: torch
     return total
 
 
-def _search_act(p: WeightedLayerProblem, wq: torch.Tensor, cur: Optional[Choice], opts: SearchOptions,
+def _search_act(p: WeightedLayerProblem, wq_for, cur: Optional[Choice], opts: SearchOptions,
                 stats: dict) -> Choice:
+    """``wq_for(spec)``: the layer's effective quantized weight [C, Kg] under input spec ``spec``
+    (with a migrated per-channel input the weight holds W * m and so depends on it)."""
+    per_channel_ok = p.act_per_channel_ok and p.act_stats.ch_lo is not None and (opts.act_migrate or
+                                                                                  not p.act_migrate)
     combos = _combos(p.a_spec, opts if opts.act_scheme_search else replace(opts, search_scheme=False),
-                     per_channel_ok=p.act_per_channel_ok and p.act_stats.ch_lo is not None,
+                     per_channel_ok=per_channel_ok,
                      asym_ok=not p.a_spec.symmetric or opts.act_scheme_search, asym_signed=False)
     best = None
     for spec in combos:
         f = _fractions(opts, widen=spec.per_channel)     # per-channel ranges may also widen past beta
         stats["evals"] = stats.get("evals", 0) + len(f)
+        wq = wq_for(spec)
         j, err = _halving(lambda idx, r: _act_errors(p, spec, f[idx], wq, r, opts), len(f), p.rows, opts)
         qp = _candidate_params(*p.act_stats.range(spec.per_channel), spec, f[j:j + 1])
         best = best if best is not None and best[0] <= err else (err, Choice(_take(qp, 0), (
             spec.per_channel, spec.symmetric, j), float(f[j])))
 
     def err_of(ch: Choice) -> float:
-        return float(_act_errors(p, ch.spec, torch.tensor([ch.frac]), wq, p.rows, opts)[0])
+        return float(_act_errors(p, ch.spec, torch.tensor([ch.frac]), wq_for(ch.spec), p.rows, opts)[0])
     return _keep_better(best, cur, err_of)
+
+
+# ---- migrated per-channel inputs -----------------------------------------------------------
+# Integer kernels read one input scale.  Per-channel codes q_c = round(x_c / s_c) + z_c read with the
+# one scale s_r = max s_c are x_c / m_c (m_c = s_c / s_r, up to a zero-point constant that the bias
+# absorbs); a weight W * m (columns) quantized per output channel undoes it.  So the layer computes
+# x_hat @ (Q(W * m) / m)^T: the weight quantizer acts on W * m, and the search scores exactly that.
+
+def _migration(p: WeightedLayerProblem, spec: QSpec, qp: Optional[QParams] = None) -> Optional[torch.Tensor]:
+    """Input-channel ratios m [K] of a migrated per-channel input (None when the input is not one)."""
+    if not (p.act_migrate and spec.per_channel):
+        return None
+    if qp is None:
+        qp = params_from_range(*p.act_stats.range(True), spec)
+    return qp.scale / qp.scale.max()
+
+
+def _weight_in(p: WeightedLayerProblem, m: Optional[torch.Tensor]) -> torch.Tensor:
+    return p.weight if m is None else p.weight * m[p.col_channel][None, :]
+
+
+def _moved(qp: QParams, w_from: torch.Tensor, w_to: torch.Tensor) -> QParams:
+    """Weight params for ``w_to`` with the same clipping, relative to the MinMax range, as ``qp``
+    has for ``w_from`` (the weight choice carried across a change of the input's migration)."""
+    axis = 0 if qp.spec.per_channel else None
+    a = params_from_range(*channel_minmax(w_from, axis), qp.spec)
+    b = params_from_range(*channel_minmax(w_to, axis), qp.spec)
+    return QParams(qp.spec, (qp.scale / a.scale * b.scale).clamp_min(1e-8), b.zero_point, b.zp_overflow)
+
+
+def _effective_weight(p: WeightedLayerProblem, wqp: QParams, m: Optional[torch.Tensor]) -> torch.Tensor:
+    """The quantized weight [C, Kg] as the layer applies it to x_hat (Q(W * m) / m)."""
+    wq = _weight_cands(_weight_in(p, m), _one(wqp))[0]
+    return wq if m is None else wq / m[p.col_channel][None, :]
 
 
 def _slice(qp: QParams, a: int, b: int) -> QParams:
@@ -403,48 +443,63 @@ def _minmax_choice(lo, hi, spec: QSpec) -> Choice:
 
 
 def search_weighted(p: WeightedLayerProblem, opts: SearchOptions) -> LayerResult:
-    """Alternate weight / input search for a conv or linear layer."""
+    """Alternate weight / input search for a conv or linear layer.  The weight choice lives on
+    W * m where the input is a migrated per-channel one (m: its channel ratios), else on W."""
     with torch.no_grad():
         w_lo, w_hi = channel_minmax(p.weight, 0 if p.w_spec.per_channel else None)
         wch = _minmax_choice(w_lo, w_hi, p.w_spec)
         a_pc = p.a_spec.per_channel and p.act_per_channel_ok and p.act_stats.ch_lo is not None
         a_spec = p.a_spec.with_(per_channel=a_pc)
         ach = _minmax_choice(*p.act_stats.range(a_pc), a_spec)
-        before = _total_weighted(p, wch, ach, opts)
+        m = _migration(p, ach.spec, ach.qp)
+        if m is not None:
+            wch = _minmax_choice(*channel_minmax(_weight_in(p, m), 0 if p.w_spec.per_channel else None), p.w_spec)
+        before = _total_weighted(p, wch, ach, m, opts)
         stats: dict = {}
         rounds = 0
         last = before
         for r in range(opts.rounds):
             rounds += 1
             xq = _quant_patches(p, p.patches, ach.qp)
-            new_w = _search_weight(p, xq, wch, opts, stats)
-            wq = _weight_cands(p.weight, _one(new_w.qp))[0]
-            new_a = _search_act(p, wq, ach, opts, stats)
+            if m is None:
+                new_w = _search_weight(p, xq, wch, opts, stats)
+            else:                     # the weight quantizer acts on W * m, fed x_hat / m
+                pm = replace(p, weight=_weight_in(p, m))
+                new_w = _search_weight(pm, xq / m[p.col_channel][None, :], wch, opts, stats)
+            w_dom = _weight_in(p, m)
+
+            def wq_for(spec, new_w=new_w, w_dom=w_dom):
+                m2 = _migration(p, spec)
+                return _effective_weight(p, _moved(new_w.qp, w_dom, _weight_in(p, m2)), m2)
+            new_a = _search_act(p, wq_for, ach, opts, stats)
+            m_new = _migration(p, new_a.spec, new_a.qp)
+            if m_new is not None or m is not None:
+                moved = _moved(new_w.qp, w_dom, _weight_in(p, m_new))
+                new_w = Choice(moved, new_w.key + (new_a.key,), new_w.frac)
             changed = new_w.key != wch.key or new_a.key != ach.key
-            wch, ach = new_w, new_a
+            wch, ach, m = new_w, new_a, m_new
             if not changed:
                 break
-            now = _total_weighted(p, wch, ach, opts)
+            now = _total_weighted(p, wch, ach, m, opts)
             if last - now <= opts.round_tol * last:
                 break
             last = now
-        after = _total_weighted(p, wch, ach, opts)
+        after = _total_weighted(p, wch, ach, m, opts)
         delta = None
         if opts.bias_correction and p.tail is None:
             # empirical bias correction: remove the mean output shift the quantizers cause
             xq = _quant_patches(p, p.patches, ach.qp)
-            wq = _weight_cands(p.weight, _one(wch.qp))[0]
-            delta = -(p.layer_forward(xq, wq) - p.out_fp).mean(0)
-        out_qp = _search_output(p, wch, ach, opts) if p.o_spec is not None and p.tail is None else None
+            delta = -(p.layer_forward(xq, _effective_weight(p, wch.qp, m)) - p.out_fp).mean(0)
+        out_qp = _search_output(p, wch, ach, m, opts) if p.o_spec is not None and p.tail is None else None
     return LayerResult(p.name, wch.qp, [ach.qp], before, after, rounds, stats.get("evals", 0), bias_delta=delta,
-                       output=out_qp)
+                       output=out_qp, migration=None if m is None else m.clone())
 
 
-def _search_output(p: WeightedLayerProblem, wch: Choice, ach: Choice, opts: SearchOptions) -> QParams:
+def _search_output(p: WeightedLayerProblem, wch: Choice, ach: Choice, m, opts: SearchOptions) -> QParams:
     """Scale of the output quantizer (per-tensor, its annotated scheme) for the chosen weight and
     input quantizers: same objective, candidates, K-fold validation and successive halving."""
     f = _fractions(opts)
-    o = p.layer_forward(_quant_patches(p, p.patches, ach.qp), _weight_cands(p.weight, _one(wch.qp))[0])
+    o = p.layer_forward(_quant_patches(p, p.patches, ach.qp), _effective_weight(p, wch.qp, m))
     spec = p.o_spec
 
     def err_of(idx, rows):
@@ -463,9 +518,9 @@ def _search_output(p: WeightedLayerProblem, wch: Choice, ach: Choice, opts: Sear
     return _take(_candidate_params(p.o_stats.lo, p.o_stats.hi, spec, f[j:j + 1]), 0)
 
 
-def _total_weighted(p: WeightedLayerProblem, wch: Choice, ach: Choice, opts: SearchOptions) -> float:
+def _total_weighted(p: WeightedLayerProblem, wch: Choice, ach: Choice, m, opts: SearchOptions) -> float:
     xq = _quant_patches(p, p.patches, ach.qp)
-    wq = _weight_cands(p.weight, _one(wch.qp))
+    wq = _effective_weight(p, wch.qp, m)[None]
     return float(_w_err_direct(p, xq, wq, p.rows, opts).sum())
 
 

@@ -62,6 +62,7 @@ class WeightedLayerProblem:
     w_spec: QSpec                          # initial / default weight spec
     a_spec: QSpec                          # initial / default input spec
     act_per_channel_ok: bool = True
+    act_migrate: bool = False                     # per-channel input only as migrated codes (weights W * m)
     tail: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
     layer_out_fp: Optional[torch.Tensor] = None   # [S, C] layer output when a tail is used
     row_fold: Optional[torch.Tensor] = None       # [S] cross-validation fold of each row's image
@@ -127,6 +128,7 @@ class SearchOptions:
     search_scheme: bool = True
     weight_asym_ok: bool = True
     act_scheme_search: bool = True                   # False: activations keep their annotated scheme
+    act_migrate: bool = True                         # migrated per-channel inputs allowed where annotated
     coarse_rows: int = 256                           # rows for ranking all candidates
     topk: int = 4                                    # candidates re-scored on every row
     exhaustive: bool = False                         # every candidate on every row (reference)
