@@ -58,6 +58,11 @@ VARIANTS = {
     "qhyvit-full": dict(method="qhyvit", mode="full"),
     "minmax-ort": dict(method="minmax", target="ort", kernel="auto"),
     "qhyvit-ort": dict(method="qhyvit", target="ort", kernel="auto"),
+    # what each deployable piece gives (shipped ablation): no migrated per-channel inputs; and
+    # also output quantizers at the activation width (before output_bits)
+    "qhyvit-ort-nomig": dict(method="qhyvit", target="ort", kernel="auto", act_channel_migrate=False),
+    "qhyvit-ort-nomig-out6": dict(method="qhyvit", target="ort", kernel="auto", act_channel_migrate=False,
+                                  output_bits=6),
 }
 
 
@@ -97,8 +102,13 @@ def lookup(name, variant, bits, images: int):
         old.setdefault("calib_augment", "none")      # cells from before the option ran without augmentation
         old.setdefault("act_channel_beta", 1.2)      # ... and with the paper's grid for per-channel ranges
     else:                                            # options only the qhyvit method reads
-        for k in ("calib_augment", "act_channel_beta"):
+        for k in ("calib_augment", "act_channel_beta", "act_channel_migrate"):
             old.pop(k, None), new.pop(k, None)
+    # cells from before output_bits / act_channel_migrate existed, where neither changes anything
+    if not (old.get("target") == "ort" or old.get("quantize_outputs")) or old.get("a_bits") == 8:
+        old.setdefault("output_bits", new["output_bits"])
+    if new["method"] == "qhyvit" and (old.get("target") != "ort" or old.get("mode") == "integer"):
+        old.setdefault("act_channel_migrate", new["act_channel_migrate"])
     return hit if old == new else None
 
 

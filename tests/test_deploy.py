@@ -253,3 +253,37 @@ def test_migrated_per_channel_inputs_run_in_integer_kernels(tmp_path, tiny, tiny
     q.calibrate(pm, tiny_images)
     assert all(d.input_migration is None and not any(qp.spec.per_channel for qp in d.inputs.values())
                for d in pm.meta["qhyvit_decisions"].layers.values())
+
+
+def _onnx_quantize_params(path):
+    """(scale values, zero-point values) of every QuantizeLinear in the file, rounded for matching."""
+    import onnx
+    from onnx import numpy_helper
+    model = onnx.load(path)
+    consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant":
+            consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    out = []
+    for n in model.graph.node:
+        if n.op_type == "QuantizeLinear":
+            s, z = consts[n.input[1]].reshape(-1), consts[n.input[2]].reshape(-1)
+            out.append((tuple(round(float(v), 9) for v in s), tuple(int(v) for v in z)))
+    return out
+
+
+@pytest.mark.parametrize("bits", [(8, 8), (6, 6)])
+def test_every_exported_quantizer_is_a_searched_decision(tmp_path, tiny, tiny_images, bits):
+    """What ships is what was searched: every QuantizeLinear of the exported activations carries the
+    scale and zero point of a decisions.json entry, and every activation quantizer of decisions.json
+    is in the file."""
+    w, a = bits
+    qm, path = _export(tmp_path, tiny, tiny_images, method="qhyvit", target="ort", w_bits=w, a_bits=a)
+    dec = qm.meta["qhyvit_decisions"]
+    key = lambda qp: (tuple(round(float(v), 9) for v in qp.scale.reshape(-1)),
+                      tuple(int(v) for v in qp.zero_point.reshape(-1)))
+    decided = {key(qp) for d in dec.layers.values()
+               for qp in list(d.inputs.values()) + ([d.output] if d.output is not None else []) if qp is not None}
+    shipped = _onnx_quantize_params(path)
+    assert len(shipped) >= 14
+    assert set(shipped) == decided
