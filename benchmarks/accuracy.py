@@ -63,6 +63,7 @@ VARIANTS = {
     "qhyvit-ort-nomig": dict(method="qhyvit", target="ort", kernel="auto", act_channel_migrate=False),
     "qhyvit-ort-nomig-out6": dict(method="qhyvit", target="ort", kernel="auto", act_channel_migrate=False,
                                   output_bits=6),
+    "qhyvit-ort-searchout": dict(method="qhyvit", target="ort", kernel="auto", search_outputs=True),
 }
 
 
@@ -102,13 +103,15 @@ def lookup(name, variant, bits, images: int):
         old.setdefault("calib_augment", "none")      # cells from before the option ran without augmentation
         old.setdefault("act_channel_beta", 1.2)      # ... and with the paper's grid for per-channel ranges
     else:                                            # options only the qhyvit method reads
-        for k in ("calib_augment", "act_channel_beta", "act_channel_migrate"):
+        for k in ("calib_augment", "act_channel_beta", "act_channel_migrate", "search_outputs"):
             old.pop(k, None), new.pop(k, None)
     # cells from before output_bits / act_channel_migrate existed, where neither changes anything
     if not (old.get("target") == "ort" or old.get("quantize_outputs")) or old.get("a_bits") == 8:
         old.setdefault("output_bits", new["output_bits"])
     if new["method"] == "qhyvit" and (old.get("target") != "ort" or old.get("mode") == "integer"):
         old.setdefault("act_channel_migrate", new["act_channel_migrate"])
+    if new["method"] == "qhyvit" and not (old.get("target") == "ort" or old.get("quantize_outputs")):
+        old.setdefault("search_outputs", new["search_outputs"])
     return hit if old == new else None
 
 
@@ -116,7 +119,8 @@ def cell(name, variant, bits, lm, calib, batches, fp, labels, ort: bool):
     key = {"model": name, "variant": variant, "bits": bits, "images": len(labels)}
     cfg = config_for(variant, bits)
     hit = lookup(name, variant, bits, len(labels))
-    if hit is not None:
+    wants_ort = ort or "-ort" in variant
+    if hit is not None and ("ort" in hit or not wants_ort):
         return hit
     import qhyvit_fx as q
     from qhyvit_fx.export import export_onnx, ort_callable
@@ -129,7 +133,7 @@ def cell(name, variant, bits, lm, calib, batches, fp, labels, ort: bool):
            "torch": metrics(run_model(qm, batches), fp, labels)}
     dec = qm.meta["qhyvit_decisions"]
     res["choices"] = _choices(dec)
-    if ort or variant.endswith("-ort"):
+    if wants_ort:
         with tempfile.TemporaryDirectory() as d:
             path = os.path.join(d, "m.onnx")
             export_onnx(qm, path)

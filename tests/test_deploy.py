@@ -287,3 +287,19 @@ def test_every_exported_quantizer_is_a_searched_decision(tmp_path, tiny, tiny_im
     shipped = _onnx_quantize_params(path)
     assert len(shipped) >= 14
     assert set(shipped) == decided
+
+
+def test_output_quantizers_keep_minmax_ranges_unless_searched(tiny, tiny_images):
+    """search_outputs off (default): the output quantizers onnxruntime's fusions need keep their
+    observed ranges, exactly MinMax's; on: the search may clip them."""
+    def outputs(**kw):
+        pm = q.prepare(tiny, tiny_images[:1], q.QConfig(target="ort", **kw))
+        q.calibrate(pm, tiny_images)
+        return {d.layer: d.output for d in pm.meta["qhyvit_decisions"].layers.values()
+                if d.output is not None and "output_tied_to" not in d.info}
+    ref, got = outputs(method="minmax"), outputs(method="qhyvit")
+    assert set(got) == set(ref) and {"stem.0", "head"} <= set(got)
+    for layer, qp in got.items():
+        assert torch.equal(qp.scale, ref[layer].scale) and torch.equal(qp.zero_point, ref[layer].zero_point)
+    searched = outputs(method="qhyvit", search_outputs=True)
+    assert set(searched) == set(ref)
