@@ -130,16 +130,12 @@ class ActObserver(nn.Module):
         return f"axis={self.axis}, min={self.min_val.item():.4g}, max={self.max_val.item():.4g}"
 
 
-class FakeQuantize(nn.Module):
-    """Quantize-dequantize with fixed params (a converted quantizer)."""
+class _UniformParams:
+    """Scale / zero-point buffers of a converted uniform quantizer, and the plain lists its ONNX
+    symbolic writes as constants."""
 
-    def __init__(self, qparams: QParams, axis: Optional[int] = None):
-        super().__init__()
-        spec = qparams.spec
-        self.bits, self.qmin, self.qmax = spec.bits, spec.qmin, spec.qmax
-        self.signed = spec.signed
-        self.axis = axis if spec.per_channel else None
-        self.spec = spec
+    def _init_params(self, qparams: QParams) -> None:
+        self.spec = qparams.spec
         self.register_buffer("scale", qparams.scale.clone())
         self.register_buffer("zero_point", qparams.zero_point.clone())
         self._scale_list = [float(v) for v in self.scale.reshape(-1)]
@@ -149,6 +145,18 @@ class FakeQuantize(nn.Module):
     @property
     def qparams(self) -> QParams:
         return QParams(self.spec, self.scale, self.zero_point, self.zp_overflow)
+
+
+class FakeQuantize(_UniformParams, nn.Module):
+    """Quantize-dequantize with fixed params (a converted quantizer)."""
+
+    def __init__(self, qparams: QParams, axis: Optional[int] = None):
+        super().__init__()
+        spec = qparams.spec
+        self.bits, self.qmin, self.qmax = spec.bits, spec.qmin, spec.qmax
+        self.signed = spec.signed
+        self.axis = axis if spec.per_channel else None
+        self._init_params(qparams)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         axis = None if self.axis is None else self.axis % x.dim()
@@ -190,7 +198,7 @@ class _MigratedQDQ(torch.autograd.Function):
                     _onnx_const(g, int(dq_zero_point[0]), dtype))
 
 
-class MigratedQuantize(nn.Module):
+class MigratedQuantize(_UniformParams, nn.Module):
     """A per-channel input quantizer that integer kernels can run: the codes are made per channel
     (one QuantizeLinear with per-axis scales s_c and zero points z_c) and read back with one
     per-tensor scale s_r = s_c / m_c (DequantizeLinear, which QLinearConv / QGemm fuse).  The layer
@@ -202,17 +210,9 @@ class MigratedQuantize(nn.Module):
         spec = qparams.spec
         if not spec.per_channel or spec.signed:
             raise ValueError("a migrated input quantizer is per-channel with unsigned codes")
-        self.spec, self.axis, self.qmin, self.qmax = spec, axis, spec.qmin, spec.qmax
-        self.register_buffer("scale", qparams.scale.clone())
-        self.register_buffer("zero_point", qparams.zero_point.clone())
+        self.axis, self.qmin, self.qmax = axis, spec.qmin, spec.qmax
+        self._init_params(qparams)
         self.dq_scale, self.dq_zero_point = float(dq_scale), int(dq_zero_point)
-        self._scale_list = [float(v) for v in self.scale.reshape(-1)]
-        self._zp_list = [int(v) for v in self.zero_point.reshape(-1)]
-        self.zp_overflow = qparams.zp_overflow
-
-    @property
-    def qparams(self) -> QParams:
-        return QParams(self.spec, self.scale, self.zero_point, self.zp_overflow)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _MigratedQDQ.apply(x, self.scale, self.zero_point, self.qmin, self.qmax, self.axis % x.dim(),
