@@ -21,7 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 
-def one(model: str, img: int, bits: str, method: str) -> dict:
+def one(model: str, img: int, bits: str, method: str, target: str = "fakequant") -> dict:
     """Runs inside the child process."""
     import torch
     torch.set_num_threads(2)
@@ -32,14 +32,14 @@ def one(model: str, img: int, bits: str, method: str) -> dict:
     pre.img_size = img
     calib, _ = splits(model, pre, eval_limit=1)
     w, a = parse_bits(bits)
-    cfg = q.QConfig(w_bits=w, a_bits=a, method=method)
+    cfg = q.QConfig(w_bits=w, a_bits=a, method=method, target=target)
     t0 = time.time()
     pm = q.prepare(lm.model, calib[:1], cfg)
     q.calibrate(pm, calib)
     q.convert(pm)
     total = time.time() - t0
     meta = pm.meta["qhyvit_decisions"].meta
-    return {"model": model, "img": img, "bits": bits, "method": method, "seconds": round(total, 1),
+    return {"model": model, "img": img, "bits": bits, "method": method, "target": target, "seconds": round(total, 1),
             "seconds_collect": meta.get("seconds_collect"), "images": int(calib.shape[0]),
             "layers": len(pm.meta["qhyvit_decisions"].layers),
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024, 2)}
@@ -51,24 +51,27 @@ def main():
                                                   "efficientformerv2_s0:64"])
     ap.add_argument("--bits", default="w8a8")
     ap.add_argument("--method", default="qhyvit")
+    ap.add_argument("--target", default="fakequant", choices=("fakequant", "ort"),
+                    help="ort: what --target ort (the CLI default) searches")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--json", default=os.path.join(HERE, "results", "speed.json"))
     args = ap.parse_args()
     if args.child:
         m, img = args.child.split(":")
-        print(json.dumps(one(m, int(img), args.bits, args.method)))
+        print(json.dumps(one(m, int(img), args.bits, args.method, args.target)))
         return
     from common import write_json
     out = json.load(open(args.json)) if os.path.exists(args.json) else {}
     for run in args.runs:
-        r = subprocess.run([sys.executable, __file__, "--child", run, "--bits", args.bits, "--method", args.method],
+        r = subprocess.run([sys.executable, __file__, "--child", run, "--bits", args.bits, "--method", args.method,
+                            "--target", args.target],
                            capture_output=True, text=True)
         if r.returncode != 0:
             print(r.stderr[-2000:], file=sys.stderr)
             raise SystemExit(f"run {run} failed")
         res = json.loads(r.stdout.strip().splitlines()[-1])     # peak RSS: the child's own ru_maxrss (KiB)
-        out[f"{run}:{args.bits}:{args.method}"] = res
-        print(f"{run:26s} {args.bits} {args.method}: {res['seconds']:6.1f} s (collect {res['seconds_collect']} s), "
+        out[f"{run}:{args.bits}:{args.method}" + ("" if args.target == "fakequant" else f":{args.target}")] = res
+        print(f"{run:26s} {args.bits} {args.method} {args.target}: {res['seconds']:6.1f} s (collect {res['seconds_collect']} s), "
               f"peak RSS {res['peak_rss_gb']:.2f} GB, {res['layers']} layers", flush=True)
         write_json(args.json, out)
 
