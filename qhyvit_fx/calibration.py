@@ -553,7 +553,7 @@ def build_problems(prepared: fx.GraphModule, records: Dict[str, LayerRecord], ta
             out_fp=obj_out, grad2=obj_grad, groups=groups, col_channel=col_channel,
             act_stats=stats[0], w_spec=ann.weight, a_spec=specs[0],
             act_per_channel_ok=ann.input_axes.get(0) is not None or ann.input_migrate,
-            act_migrate=ann.input_migrate and ann.input_axes.get(0) is None, tail=tail_fn, layer_out_fp=layer_out,
+            act_migrate=ann.input_migrate, tail=tail_fn, layer_out_fp=layer_out,
             row_fold=fold_of[plan_rows.index // plan_rows.per_image] if fold_of.numel() else None,
             o_spec=ann.output if cfg.search_outputs and searches_output(ann) else None, o_stats=o_stats,
             input_kinds=kinds)

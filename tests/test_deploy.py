@@ -18,6 +18,17 @@ def _export(tmp_path, model, images, **kw):
     return qm, path
 
 
+def _assert_ort_matches_torch(qm, path, min_agreement):
+    """onnxruntime's kernels on the exported file against the fake-quant graph, 64 random images:
+    top-1 agreement at least ``min_agreement`` and logits within 5 % of their largest value."""
+    x = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        ref = qm(x)
+    out = ort_callable(path)(x)
+    assert (out.argmax(1) == ref.argmax(1)).float().mean().item() >= min_agreement
+    assert (out - ref).abs().max().item() < 0.05 * ref.abs().max().item()
+
+
 @pytest.mark.parametrize("method", ["minmax", "qhyvit"])
 def test_ort_target_runs_every_op_in_integer_kernels(tmp_path, tiny, tiny_images, method):
     qm, path = _export(tmp_path, tiny, tiny_images, method=method, target="ort", weight_range_bits=7)
@@ -28,12 +39,7 @@ def test_ort_target_runs_every_op_in_integer_kernels(tmp_path, tiny, tiny_images
     kernels = {o.kernel for o in rep.ops}
     assert {"QLinearConv", "QLinearMatMul"} <= kernels
     # and the integer kernels compute what the fake-quant graph computes
-    x = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(9))
-    with torch.no_grad():
-        ref = qm(x)
-    out = ort_callable(path)(x)
-    assert (out.argmax(1) == ref.argmax(1)).float().mean().item() >= 0.98
-    assert (out - ref).abs().max().item() < 0.05 * ref.abs().max().item()
+    _assert_ort_matches_torch(qm, path, min_agreement=0.98)
 
 
 def test_ort_target_decisions_fit_the_kernels(tiny, tiny_images):
@@ -242,12 +248,7 @@ def test_migrated_per_channel_inputs_run_in_integer_kernels(tmp_path, tiny, tiny
     export_onnx(qm, path)
     rep = check_onnx(path)
     assert rep.integer_count == len(rep.ops) == 14
-    xs = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(9))
-    with torch.no_grad():
-        ref = qm(xs)
-    out = ort_callable(path)(xs)
-    assert (out.argmax(1) == ref.argmax(1)).float().mean().item() >= 0.95
-    assert (out - ref).abs().max().item() < 0.05 * ref.abs().max().item()
+    _assert_ort_matches_torch(qm, path, min_agreement=0.95)
     # off: no migrated layer, every input per-tensor
     pm = q.prepare(tiny, tiny_images[:1], q.QConfig(method="qhyvit", target="ort", act_channel_migrate=False))
     q.calibrate(pm, tiny_images)

@@ -76,7 +76,7 @@ def _clipping_activation(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
     return u.name if ok else None
 
 
-def _migratable(mod) -> bool:
+def migratable(mod) -> bool:
     """Whether per-channel input scales can move into the weight exactly: every output reads each
     input channel through its own weight column and no input position is padding (padding codes
     would carry the per-tensor zero point, not the channel's).  Integer mode is excluded: other
@@ -199,6 +199,7 @@ def annotate(gm: fx.GraphModule, config: QConfig) -> fx.GraphModule:
         override = config.layer_overrides.get(name, {})
         w_bits = int(override.get("w_bits", w_bits))
         a_bits = int(override.get("a_bits", a_bits))
+        migrate, mig_axis = False, 0
         if k == Kind.MATMUL:
             idxs = [0, 1]
             axes = {0: None, 1: None}
@@ -210,10 +211,10 @@ def annotate(gm: fx.GraphModule, config: QConfig) -> fx.GraphModule:
             wspec = config.weight_spec(w_bits)
             if ort and not wspec.symmetric:
                 wspec = wspec.with_(symmetric=True, signed=True)
-        migrate = ort and k != Kind.MATMUL and config.act_channel_migrate and config.mode != "integer" \
-            and _migratable(node_module(gm, node)) and not _quantized_by_producer(gm, node.args[0])
-        r_in = rank(node.args[0])
-        mig_axis = (1 if k == Kind.CONV else (r_in or 2) - 1) if migrate else 0
+            migrate = ort and config.act_channel_migrate and config.mode != "integer" \
+                and migratable(node_module(gm, node)) and not _quantized_by_producer(gm, node.args[0])
+            if migrate:
+                mig_axis = 1 if k == Kind.CONV else (r or 2) - 1
         inputs = {}
         for j in idxs:
             ax = axes[j]

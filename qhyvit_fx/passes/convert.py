@@ -5,6 +5,7 @@ edited decisions file)."""
 from __future__ import annotations
 
 import copy
+from typing import Optional
 
 import torch
 import torch.fx as fx
@@ -13,7 +14,7 @@ import torch.nn as nn
 from ..decisions import Decisions, DecisionsError
 from ..modules import MigratedQuantize, QuantConv2d, QuantLinear, make_quantizer
 from ..quantizer import QParams
-from .annotate import ANNOTATION
+from .annotate import ANNOTATION, migratable
 from .quantize_every_use import quantize_every_use
 from .share_quantizers import share_quantizers
 
@@ -53,11 +54,9 @@ def _reparameterise(gm: fx.GraphModule, node: fx.Node, layer: str, rp: dict) -> 
         if norm.bias is None:
             norm.bias = nn.Parameter(torch.zeros(k))
         norm.bias.copy_((norm.bias + t) / r)
-        mod = copy.deepcopy(mod)
         w = mod.weight.detach()
-        shape = (1, k) + (1,) * (w.dim() - 2)
         shift = (w.reshape(w.shape[0], k, -1).sum(-1) @ t)
-        mod.weight.copy_(w * r.reshape(shape))
+        mod = _scaled_input_channels(mod, r)
         if mod.bias is None:
             mod.bias = nn.Parameter(torch.zeros(w.shape[0]))
         mod.bias.copy_(mod.bias - shift)
@@ -65,9 +64,17 @@ def _reparameterise(gm: fx.GraphModule, node: fx.Node, layer: str, rp: dict) -> 
     gm.add_submodule(node.target, mod)
 
 
-def _migrated_read(layer: str, qp: QParams, m: torch.Tensor) -> float:
+def _scaled_input_channels(mod: nn.Module, r: torch.Tensor) -> nn.Module:
+    """A copy of the conv / linear whose weight is W * r along its input channels."""
+    mod = copy.deepcopy(mod)
+    with torch.no_grad():
+        mod.weight.mul_(r.reshape((1, -1) + (1,) * (mod.weight.dim() - 2)))
+    return mod
+
+
+def _migrated_read(layer: str, qp: Optional[QParams], m: torch.Tensor) -> float:
     """The one scale s_r = s_c / m_c that reads a migrated input's per-channel codes back."""
-    if not qp.spec.per_channel or qp.spec.signed or qp.scale.numel() != m.numel():
+    if qp is None or not qp.spec.per_channel or qp.spec.signed or qp.scale.numel() != m.numel():
         raise DecisionsError(f"layer '{layer}': input_migration needs a per-channel unsigned input 0 "
                              f"with one scale per channel ({m.numel()})")
     r = qp.scale.float() / m
@@ -75,19 +82,6 @@ def _migrated_read(layer: str, qp: QParams, m: torch.Tensor) -> float:
         raise DecisionsError(f"layer '{layer}': input scales / input_migration must be one number "
                              "(the per-tensor scale the kernel reads)")
     return float(r.mean())
-
-
-def _migrate_weight(mod: nn.Module, layer: str, m: torch.Tensor) -> nn.Module:
-    """A copy of the conv / linear with its input channels scaled by ``m`` (W * m)."""
-    if not isinstance(mod, (nn.Linear, nn.Conv2d)) or (isinstance(mod, nn.Conv2d) and mod.groups != 1):
-        raise DecisionsError(f"layer '{layer}': input_migration needs a linear or an ungrouped conv")
-    k = mod.weight.shape[1]
-    if m.numel() != k:
-        raise DecisionsError(f"layer '{layer}': input_migration has {m.numel()} values for {k} input channels")
-    mod = copy.deepcopy(mod)
-    with torch.no_grad():
-        mod.weight.mul_(m.reshape((1, k) + (1,) * (mod.weight.dim() - 2)))
-    return mod
 
 
 def _zero_point_bias(q: nn.Module, qp: QParams, dq_scale: float, dq_zero_point: int) -> None:
@@ -124,17 +118,24 @@ def convert_graph(prepared: fx.GraphModule, decisions: Decisions) -> fx.GraphMod
                                  "belong to this model or config (re-run calibration)")
         if d.reparam is not None:
             _reparameterise(gm, node, ann.layer, d.reparam)
+        dq_scale = None
+        if d.input_migration is not None:
+            if ann.weight is None or d.weight is None:
+                raise DecisionsError(f"layer '{ann.layer}': input_migration needs a quantized weight to move into")
+            dq_scale = _migrated_read(ann.layer, d.inputs.get(0), d.input_migration)
         if ann.weight is not None and d.weight is not None:
             mod = gm.get_submodule(node.target)
             _check_channels(ann.layer, "weight", d.weight, mod.weight.shape[0])
             if d.weight.spec.per_channel and d.weight.spec.axis != 0:
                 raise DecisionsError(f"layer '{ann.layer}': weight channels are on axis 0")
-            dq_scale = None
-            if d.input_migration is not None:
-                if getattr(mod, "padding", (0,)) not in ((0, 0), (0,), 0, "valid"):
-                    raise DecisionsError(f"layer '{ann.layer}': input_migration needs a conv without padding")
-                dq_scale = _migrated_read(ann.layer, d.inputs[0], d.input_migration)
-                mod = _migrate_weight(mod, ann.layer, d.input_migration)
+            if dq_scale is not None:
+                if not migratable(mod):
+                    raise DecisionsError(f"layer '{ann.layer}': input_migration needs a linear or an ungrouped "
+                                         "conv without padding")
+                if d.input_migration.numel() != mod.weight.shape[1]:
+                    raise DecisionsError(f"layer '{ann.layer}': input_migration has {d.input_migration.numel()} "
+                                         f"values for {mod.weight.shape[1]} input channels")
+                mod = _scaled_input_channels(mod, d.input_migration)
             q = QuantConv2d(mod, d.weight) if isinstance(mod, nn.Conv2d) else QuantLinear(mod, d.weight)
             if dq_scale is not None:
                 _zero_point_bias(q, d.inputs[0], dq_scale, 0)
@@ -160,8 +161,8 @@ def convert_graph(prepared: fx.GraphModule, decisions: Decisions) -> fx.GraphMod
                     raise DecisionsError(f"layer '{ann.layer}' {slot}: per-channel axis {axis} is invalid")
                 axis = axis % len(shape)
                 _check_channels(ann.layer, slot, qp, shape[axis])
-            if slot == "in0" and d.input_migration is not None:
-                gm.add_submodule(obs_name, MigratedQuantize(qp, axis, _migrated_read(ann.layer, qp, d.input_migration)))
+            if slot == "in0" and dq_scale is not None:
+                gm.add_submodule(obs_name, MigratedQuantize(qp, axis, dq_scale))
             else:
                 gm.add_submodule(obs_name, make_quantizer(qp, axis=axis))
     g.lint()

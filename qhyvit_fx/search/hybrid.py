@@ -461,12 +461,11 @@ def search_weighted(p: WeightedLayerProblem, opts: SearchOptions) -> LayerResult
         for r in range(opts.rounds):
             rounds += 1
             xq = _quant_patches(p, p.patches, ach.qp)
+            w_dom = _weight_in(p, m)
             if m is None:
                 new_w = _search_weight(p, xq, wch, opts, stats)
             else:                     # the weight quantizer acts on W * m, fed x_hat / m
-                pm = replace(p, weight=_weight_in(p, m))
-                new_w = _search_weight(pm, xq / m[p.col_channel][None, :], wch, opts, stats)
-            w_dom = _weight_in(p, m)
+                new_w = _search_weight(replace(p, weight=w_dom), xq / m[p.col_channel][None, :], wch, opts, stats)
 
             def wq_for(spec, new_w=new_w, w_dom=w_dom):
                 m2 = _migration(p, spec)
