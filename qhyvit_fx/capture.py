@@ -24,6 +24,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import copy
+import inspect
 import math
 import operator
 from dataclasses import dataclass, field
@@ -60,23 +61,10 @@ def _is_tensor_like(v: Any) -> bool:
     return isinstance(v, torch.Tensor) and not isinstance(v, torch.Size)
 
 
-class _ConcreteAttribute(fx.proxy.Attribute):
-    """Lazy ``proxy.attr`` that also knows its concrete value."""
-
-    @property
-    def _value(self):
-        return getattr(self.root._value, self.attr)
-
-    def __call__(self, *args, **kwargs):
-        return self.tracer.create_proxy("call_method", self.attr, (self.root,) + args, kwargs)
-
-
-class _ConcreteProxy(fx.Proxy):
-    """An fx.Proxy whose concrete value lives in ``tracer.values[node]``."""
-
-    @property
-    def _value(self):
-        return self.tracer.values[self.node]
+class _ConcreteValue:
+    """What a proxy of the concrete tracer adds to fx's: it knows the value it stands for
+    (``_value``), attribute chains keep knowing theirs (``x.device.type``), and Python's
+    requests for concrete answers are answered from the value."""
 
     def __getattr__(self, k):
         if k.startswith("__") and k.endswith("__"):
@@ -134,6 +122,39 @@ class _ConcreteProxy(fx.Proxy):
     def keys(self):
         return self._value.keys()
 
+
+class _ConcreteAttribute(_ConcreteValue, fx.proxy.Attribute):
+    """Lazy ``proxy.attr`` that also knows its concrete value."""
+
+    @property
+    def _value(self):
+        return getattr(self.root._value, self.attr)
+
+    def __call__(self, *args, **kwargs):
+        return self.tracer.create_proxy("call_method", self.attr, (self.root,) + args, kwargs)
+
+
+def _assign_index(t: torch.Tensor, index, value) -> torch.Tensor:
+    """Out-of-place ``t[index] = value`` (the graph form of an in-place item assignment)."""
+    t = t.clone()
+    t[index] = value
+    return t
+
+
+class _ConcreteProxy(_ConcreteValue, fx.Proxy):
+    """An fx.Proxy whose concrete value lives in ``tracer.values[node]``."""
+
+    @property
+    def _value(self):
+        return self.tracer.values[self.node]
+
+    def __setitem__(self, index, value):
+        # ``x[i] = v`` (ConViT's and MViT's position tables): the graph gets an out-of-place copy and
+        # this proxy, the Python object the model keeps using, now stands for it.  Views taken of
+        # ``x`` before the assignment keep the old values; the capture's exactness check shows it.
+        new = self.tracer.create_proxy("call_function", _assign_index, (self, index, value), {})
+        self.node = new.node
+
     def __ceil__(self):
         return self.tracer.create_proxy("call_function", math.ceil, (self,), {})
 
@@ -164,6 +185,28 @@ def _explicit_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=F
             attn = attn + attn_mask
     attn = attn.softmax(dim=-1)
     return attn @ value
+
+
+class _AutocastWhileTracing(contextlib.nullcontext):
+    """``torch.autocast`` during capture.  A graph has no autocast regions and the capture runs in
+    float32, so the region is traced as written; timm uses it to *disable* autocast around
+    attention (EfficientViT's LiteMLA), where its device argument would be a proxy."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def __call__(self, fn):      # the decorator form
+        return fn
+
+
+@contextlib.contextmanager
+def _autocast_as_float():
+    saved = torch.autocast, torch.amp.autocast
+    torch.autocast = torch.amp.autocast = _AutocastWhileTracing
+    try:
+        yield
+    finally:
+        torch.autocast, torch.amp.autocast = saved
 
 
 @contextlib.contextmanager
@@ -205,23 +248,29 @@ def _rollback_side_effects(model: torch.nn.Module):
     """Undo what tracing writes into plain module attributes (caches).
 
     Containers (dict/list/set) held by modules are snapshotted and restored in
-    place; attributes created during tracing are removed if they hold proxies.
+    place; attributes that hold proxies after tracing get their old value back, or are removed
+    when tracing created them.
     """
     snap = []
     for m in model.modules():
         d = m.__dict__
-        keys = set(d)
+        before = dict(d)
         saved = {k: copy.copy(v) for k, v in d.items()
-                 if isinstance(v, (dict, list, set)) and not k.startswith("_")}
-        snap.append((m, keys, saved))
+                 if isinstance(v, (dict, list, set)) and (not k.startswith("_") or k == "_buffers")}
+        snap.append((m, before, saved))
     try:
         yield
     finally:
-        for m, keys, saved in snap:
+        for m, before, saved in snap:
             d = m.__dict__
             for k in list(d):
-                if k not in keys and _contains_proxy(d[k]):
-                    del d[k]
+                if _contains_proxy(d[k]):
+                    # a cache written during tracing (ConViT's ``self.rel_indices = ...``): the old value
+                    # comes back, a new attribute goes
+                    if k in before:
+                        d[k] = before[k]
+                    else:
+                        del d[k]
             for k, v in saved.items():
                 cur = d.get(k)
                 if cur is not None and type(cur) is type(v):
@@ -241,6 +290,9 @@ class ConcreteTracer(fx.Tracer):
 
     def __init__(self, example_inputs: Sequence[Any]):
         super().__init__()
+        # buffers read in forward are graph values, as parameters are: a cached buffer used with
+        # traced sizes (ConViT's ``self.rel_indices.expand(B, -1, -1, -1)``) must be a proxy
+        self.proxy_buffer_attributes = True
         self.example_inputs = list(example_inputs)
         self.values: Dict[fx.Node, Any] = {}
         self._qstack: List[str] = []
@@ -269,10 +321,13 @@ class ConcreteTracer(fx.Tracer):
     def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
         if kind == "placeholder":
-            if self._placeholder_i >= len(self.example_inputs):
+            if self._placeholder_i < len(self.example_inputs):
+                value = self.example_inputs[self._placeholder_i]
+            elif args:      # an optional argument specialised to its default (see _optional_args)
+                value = args[0]
+            else:
                 raise CaptureError(
                     f"the model's forward takes more inputs than the {len(self.example_inputs)} example input(s) given")
-            value = self.example_inputs[self._placeholder_i]
             self._placeholder_i += 1
         elif kind == "output":
             value = None
@@ -319,6 +374,40 @@ class ConcreteTracer(fx.Tracer):
             self._qstack.pop()
 
 
+def _optional_args(model: torch.nn.Module, given: int) -> Optional[Dict[str, Any]]:
+    """The forward's parameters after the example inputs that have defaults (a ViT's
+    ``attn_mask=None, is_causal=False``), specialised to those defaults."""
+    try:
+        sig = inspect.signature(model.forward)
+    except (TypeError, ValueError):
+        return None
+    positional = [p for p in sig.parameters.values()
+                  if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    extra = {p.name: p.default for p in positional[given:] if p.default is not inspect.Parameter.empty}
+    return extra or None
+
+
+def _drop_optional_placeholders(graph: fx.Graph, given: int) -> None:
+    """Remove the placeholders of specialised optional arguments: their uses (fx's guards that the
+    value is still the default) go, so the graph takes exactly the example inputs."""
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    for ph in placeholders[given:]:
+        for user in list(ph.users):
+            _erase_guard_chain(graph, user)
+        if not ph.users:
+            graph.erase_node(ph)
+
+
+def _erase_guard_chain(graph: fx.Graph, node: fx.Node) -> None:
+    """Erase ``node`` and what only feeds fx's specialisation asserts (``_assert_is_none``,
+    ``torch._assert(x == default)``)."""
+    users = list(node.users)
+    for u in users:
+        _erase_guard_chain(graph, u)
+    if not node.users and node.op == "call_function":
+        graph.erase_node(node)
+
+
 def _get_attr(root, target):
     obj = root
     for atom in target.split("."):
@@ -349,8 +438,10 @@ def capture(model: torch.nn.Module, example_inputs: Any) -> fx.GraphModule:
     tracer = ConcreteTracer(example_inputs)
     name = type(model).__name__
     try:
-        with torch.no_grad(), _explicit_attention(model), _rollback_side_effects(model):
-            graph = tracer.trace(model)
+        with torch.no_grad(), _explicit_attention(model), _autocast_as_float(), \
+                _rollback_side_effects(model):
+            graph = tracer.trace(model, concrete_args=_optional_args(model, len(example_inputs)))
+            _drop_optional_placeholders(graph, len(example_inputs))
     except CaptureError:
         raise
     except Exception as e:
