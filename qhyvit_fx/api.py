@@ -19,7 +19,10 @@ from .passes.decompose_silu import decompose_silu
 from .passes.fold_bn import fold_batchnorm
 from .passes.fold_scales import fold_scales
 from .passes.functional_conv import functional_convs_to_modules
+from .passes.conv1d_as_conv2d import conv1d_as_conv2d
+from .passes.fold_constants import fold_constants
 from .passes.insert_observers import insert_observers
+from .passes.unshare_modules import unshare_modules
 from .patterns.bridges import tag_bridges
 
 __all__ = ["prepare", "calibrate", "convert", "PreparedError"]
@@ -48,8 +51,11 @@ def prepare(model: torch.nn.Module, example_inputs: Any, config: Optional[QConfi
     example = _example_tuple(example_inputs)
     model = copy.deepcopy(model).eval()
     gm = capture(model, example)
+    gm = unshare_modules(gm)
     gm = remove_noops(gm)
+    gm = fold_constants(gm)
     gm = functional_convs_to_modules(gm)
+    gm = conv1d_as_conv2d(gm)
     gm = fold_batchnorm(gm)
     gm = fold_scales(gm)
     gm = tag_bridges(gm)

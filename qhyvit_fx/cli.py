@@ -188,6 +188,7 @@ def cmd_inspect(args) -> int:
     from .graphinfo import format_summary, graph_summary
     from .models import create_model
     from .passes.cleanup import remove_noops
+    from .passes.unshare_modules import unshare_modules
     from .plots import draw_bridges
     for p in (args.json, args.draw):
         if p:
@@ -196,7 +197,7 @@ def cmd_inspect(args) -> int:
         raise UsageError(f"--draw '{args.draw}' must end in .png or .svg")
     lm = create_model(args.model, weights=args.weights)
     img = args.img or int(lm.meta.get("img_size", 0)) or _default_img(lm.model)
-    gm = remove_noops(capture(lm.model, torch.zeros(1, 3, img, img)))
+    gm = remove_noops(unshare_modules(capture(lm.model, torch.zeros(1, 3, img, img))))
     dec = Decisions.load(args.decisions) if args.decisions else None
     s = graph_summary(gm, args.model, img, decisions=dec)
     print(format_summary(s))
