@@ -196,11 +196,15 @@ def check_onnx(path: str, keep_optimized: Optional[str] = None) -> CheckReport:
             if p is not None and p.op_type == "DequantizeLinear":
                 keys.append(p.input[0])          # the quantized tensor an integer kernel reads
             keys.append(x)
-        # the op writing this op's (float) output, e.g. MatMulIntegerToFloat when the quantized
-        # input's name changed in a fusion upstream (QLinearSoftmax in front of attn @ v)
-        wr = writer.get(node.output[0])
-        kernel = _kernel_reading(keys, reader) or (wr.op_type if wr is not None and (
-            wr.op_type in INTEGER_OPS or wr.op_type in FLOAT_COMPUTE) else None) or "unknown"
+        outs = [node.output[0]] + [q.output[0] for q in consumers.get(node.output[0], [])
+                                   if q.op_type == "QuantizeLinear"]
+        wrs = [writer[o] for o in outs if o in writer]
+        # the op writing this op's output (float, or the quantized one of a DQ -> op -> Q fusion), e.g.
+        # MatMulIntegerToFloat when the quantized input's name changed in a fusion upstream (QLinearSoftmax
+        # in front of attn @ v), or QLinearMatMul behind a weight Transpose that onnxruntime folded
+        wr = next((w for w in wrs if w.op_type in INTEGER_OPS), None) or next(
+            (w for w in wrs if w.op_type in FLOAT_COMPUTE), None)
+        kernel = _kernel_reading(keys, reader) or (wr.op_type if wr is not None else None) or "unknown"
         integer = kernel in INTEGER_OPS
         reason = "" if integer else _float_reason(node, producers, consumers, inits)
         rep.ops.append(OpReport(_display_name(node, w, producers), node.op_type, _macs(node, shapes), kernel, integer,

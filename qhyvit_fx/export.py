@@ -55,17 +55,15 @@ def export_onnx(qm: fx.GraphModule, path: str, example_input: Optional[torch.Ten
         raise ExportError(f"output folder '{out_dir}' does not exist; create it or choose another path")
     if specialize:
         qm = specialize_shapes(lower_group_norm(copy.deepcopy(qm)), example_input)
-    buf = io.BytesIO()
     qm.eval()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            qm, (example_input,), buf, dynamo=False, opset_version=opset, input_names=["input"],
-            output_names=["logits"], do_constant_folding=True,
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None)
-    model = onnx.load_from_string(buf.getvalue())
+    try:
+        data = _torchscript_export(qm, example_input, opset, dynamic_batch)
+    except Exception as e:
+        raise ExportError(f"torch.onnx.export failed: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+    model = onnx.load_from_string(data)
     model.producer_name = "qhyvit-fx"
     _compact_tensor_names(model)
+    _bypass_constant_identities(model)
     _share_equal_constants(model)
     if weight_format == "int4":
         if _int4_weights(model) == 0:
@@ -133,6 +131,48 @@ def _int4_weights(model) -> int:
     return done
 
 
+def _nodes_with_subgraphs(graph):
+    """Every node of ``graph`` and of the graphs nested in its nodes (If / Loop bodies): a nested
+    node may read any outer tensor, so a renamed or merged tensor must be renamed there too."""
+    for n in graph.node:
+        yield n
+        for a in n.attribute:
+            for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                yield from _nodes_with_subgraphs(g)
+
+
+def _torchscript_export(qm: fx.GraphModule, example_input: torch.Tensor, opset: int, dynamic_batch: bool) -> bytes:
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            qm, (example_input,), buf, dynamo=False, opset_version=opset, input_names=["input"],
+            output_names=["logits"], do_constant_folding=True,
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None)
+    return buf.getvalue()
+
+
+def _bypass_constant_identities(model) -> int:
+    """Readers of ``Identity(constant)`` read the constant itself.  The exporter deduplicates equal
+    parameters that way (e.g. two all-zero weights, as zero-initialised BatchNorm gammas fold to),
+    and onnxruntime's QDQ fusions need the weight codes as an initializer, not an op's output, or
+    the layer stays in float.  Returns the number of Identity nodes removed."""
+    g = model.graph
+    consts = {i.name for i in g.initializer} | {n.output[0] for n in g.node if n.op_type == "Constant"}
+    outputs = {o.name for o in g.output}
+    alias = {n.output[0]: n.input[0] for n in g.node
+             if n.op_type == "Identity" and n.input[0] in consts and n.output[0] not in outputs}
+    if not alias:
+        return 0
+    for n in _nodes_with_subgraphs(g):
+        for i, x in enumerate(n.input):
+            if x in alias:
+                n.input[i] = alias[x]
+    for n in [n for n in g.node if n.op_type == "Identity" and n.output[0] in alias]:
+        g.node.remove(n)
+    return len(alias)
+
+
 def _share_equal_constants(model) -> int:
     """Constants (initializers and Constant nodes) with the same type, shape and values become one.
     The exporter writes a separate copy of a constant per op: e.g. the all-ones scale and all-zeros
@@ -161,7 +201,7 @@ def _share_equal_constants(model) -> int:
         return 0
     outputs = {o.name for o in g.output}
     alias = {k: v for k, v in alias.items() if k not in outputs}
-    for n in g.node:
+    for n in _nodes_with_subgraphs(g):
         for i, x in enumerate(n.input):
             if x in alias:
                 n.input[i] = alias[x]
@@ -186,7 +226,7 @@ def _compact_tensor_names(model) -> None:
             if o not in keep:
                 new[o] = new.get(o) or f"t{len(new)}"
                 node.output[i] = new[o]
-    for node in g.node:
+    for node in _nodes_with_subgraphs(g):
         for i, x in enumerate(node.input):
             if x in new:
                 node.input[i] = new[x]

@@ -286,6 +286,12 @@ class _QuantWeightMixin:
                                self._w_scale_list, self._w_zp_list)
 
     @property
+    def weight(self) -> torch.Tensor:
+        """The float weight the layer computes with (its codes dequantized), so that code reading
+        ``layer.weight`` -- the model's own forward, e.g. for its device or dtype -- keeps working."""
+        return self.dequantized_weight()
+
+    @property
     def w_qparams(self) -> QParams:
         return QParams(self.w_spec, self.w_scale, self.w_zero_point, self.w_zp_overflow)
 

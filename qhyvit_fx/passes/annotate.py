@@ -227,10 +227,14 @@ def annotate(gm: fx.GraphModule, config: QConfig) -> fx.GraphModule:
         # (MatMulIntegerToFloat, QLinearMatMul) run in integers without one, so token linears and
         # attention matmuls get no extra output quantizer
         r = rank(node)
-        needs_out = k == Kind.CONV or (k == Kind.LINEAR and r == 2)
+        # ... except a bias-free token linear read by a ReLU (MetaFormer's StarReLU MLPs): onnxruntime
+        # 1.32 leaves that MatMul in float; with Q/DQ on its output it runs as QLinearMatMul
+        bare_relu = (k == Kind.LINEAR and r != 2 and getattr(node_module(gm, node), "bias", 0) is None
+                     and _clipping_activation(gm, node) is not None)
+        needs_out = k == Kind.CONV or (k == Kind.LINEAR and r == 2) or bare_relu
         after = None
         if config.quantize_outputs or (ort and needs_out):
-            after = _clipping_activation(gm, node)
+            after = None if bare_relu else _clipping_activation(gm, node)
             # after a ReLU the output quantizer is also the next layer's input quantizer: a_bits;
             # on the raw output a float op reads it, and the kernel's u8 output costs the same at 8 bits
             out_bits = a_bits if after is not None else max(a_bits, config.output_bits)
