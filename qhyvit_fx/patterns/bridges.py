@@ -287,6 +287,161 @@ register_pattern(BridgePattern(
 ))
 
 
+# ---- any hybrid: where a 4-D feature map becomes tokens for attention, and back -------------
+#
+# The family patterns above reproduce the paper's Table 4.  Other models (timm has many hybrids the
+# paper does not cover) are matched by two generic rules, used only when no family pattern fires.
+# Both read layouts off the captured shapes, not names:
+#   * local -> global: convs produce an N,C,H,W map, a layout chain merges H and W into one token
+#     axis, and the tokens reach an attention product (a matmul of two activations) before any
+#     spatial conv.  The convs must belong to a conv region: no attention upstream of them before
+#     the previous strided conv or tokens -> map change, and not the patch embedding that reads
+#     the image (a pure ViT has no local part, hence no bridge).
+#   * global -> local: attention's tokens are laid back out as an N,C,H,W map (H, W split out again,
+#     or channels-last permuted to channels-first) and read by convs that reach no attention before
+#     the next strided conv or map -> tokens change.
+# So every hand-over counts: a model whose every block visits convs and attention (FastViT's
+# attention stage, CoaT's conv position encodings) has a bridge each way per block.
+
+@dataclass
+class GenericRule:
+    name: str
+    direction: str
+    description: str
+    find: Callable[[nx.DiGraph], List[Dict[str, List[str]]]]   # -> [{"entry": [...], "output": [node]}]
+
+
+GENERIC_RULES: Dict[str, GenericRule] = {}
+
+_LAYERS = (Kind.CONV.value, Kind.LINEAR.value, Kind.MATMUL.value)
+_THROUGH = (Kind.RESHAPE.value, Kind.NORM.value, Kind.ELEMENTWISE.value, Kind.ACT.value, Kind.POOL.value,
+            Kind.OTHER.value, Kind.BATCHNORM.value)
+
+
+def _spatial_to_tokens(a: dict) -> bool:
+    """A layout chain whose N,C,H,W input comes out with H and W merged into one axis."""
+    i, o = a.get("in_shape"), a.get("shape")
+    if a["kind"] != Kind.RESHAPE.value or i is None or o is None or len(i) != 4 or i[2] * i[3] <= 1:
+        return False
+    return i[2] * i[3] in o and not (i[2] in o and i[3] in o and len(o) == 4)
+
+
+def _tokens_to_spatial(a: dict) -> bool:
+    """A layout chain that lays tokens back out as an N,C,H,W map: one merged spatial axis split
+    into H and W, or channels-last N,H,W,C permuted to channels-first."""
+    i, o = a.get("in_shape"), a.get("shape")
+    if a["kind"] != Kind.RESHAPE.value or i is None or o is None or len(o) != 4 or o[2] * o[3] <= 1:
+        return False
+    if len(i) == 4 and tuple(i) == (o[0], o[2], o[3], o[1]) and o[1] != o[3]:
+        return True
+    return o[2] * o[3] in i and not (o[2] in i and o[3] in i)
+
+
+def _is_attention(a: dict) -> bool:
+    return a["kind"] in (Kind.MATMUL.value, Kind.SOFTMAX.value)
+
+
+def _spatial_conv(a: dict) -> bool:
+    return a["kind"] == Kind.CONV.value and _kgt1(a.get("kernel"))
+
+
+def _strided_conv(a: dict) -> bool:
+    return a["kind"] == Kind.CONV.value and _s2(a.get("stride"))
+
+
+def _walk(g: nx.DiGraph, start: str, forward: bool, stop: Callable[[dict], bool], hops: int = 12,
+          with_depth: bool = False):
+    """Nodes reached from ``start`` (not included) within ``hops``, nearest first; a node for which
+    ``stop`` holds is yielded but not walked through."""
+    seen, frontier = {start}, [start]
+    for depth in range(1, hops + 1):
+        nxt = []
+        for v in frontier:
+            for w in (g.successors(v) if forward else g.predecessors(v)):
+                if w in seen:
+                    continue
+                seen.add(w)
+                yield (w, depth) if with_depth else w
+                if not stop(g.nodes[w]):
+                    nxt.append(w)
+        frontier = nxt
+
+
+def _attention_ahead(g: nx.DiGraph, v: str, hops: int) -> bool:
+    """Attention is reached from ``v`` before a spatial conv."""
+    return any(_is_attention(g.nodes[w]) for w in _walk(g, v, True, _spatial_conv, hops))
+
+
+def _attention_behind(g: nx.DiGraph, v: str) -> bool:
+    """Attention lies upstream of ``v`` inside its region: before the previous strided conv or
+    tokens -> map layout change (then v belongs to that attention's global region)."""
+    stop = lambda a: _strided_conv(a) or _tokens_to_spatial(a)
+    return any(_is_attention(g.nodes[w]) for w in _walk(g, v, False, stop, hops=40))
+
+
+def _attention_in_region_ahead(g: nx.DiGraph, v: str) -> bool:
+    """Attention lies downstream of ``v`` inside its region: before the next strided conv or
+    map -> tokens layout change."""
+    stop = lambda a: _strided_conv(a) or _spatial_to_tokens(a)
+    return any(_is_attention(g.nodes[w]) for w in _walk(g, v, True, stop, hops=40))
+
+
+def _nearest(g: nx.DiGraph, v: str, forward: bool, want: Callable[[dict], bool]) -> List[str]:
+    """The layers satisfying ``want`` closest to ``v`` (fewest hops through non-layer nodes; a
+    residual stream reaches further layers too, but those belong to earlier blocks)."""
+    stop = lambda a: a["kind"] in _LAYERS or a["kind"] == Kind.INPUT.value
+    hits = [(w, d) for w, d in _walk(g, v, forward, stop, hops=8, with_depth=True) if want(g.nodes[w])]
+    closest = min((d for _, d in hits), default=None)
+    return [w for w, d in hits if d == closest]
+
+
+def _find_feature_map_to_tokens(g: nx.DiGraph) -> List[Dict[str, List[str]]]:
+    found = []
+    for r, a in g.nodes(data=True):
+        if not _spatial_to_tokens(a) or not _attention_ahead(g, r, hops=8):
+            continue
+        convs = _nearest(g, r, False, lambda b: b["kind"] == Kind.CONV.value)
+        convs = [c for c in convs if not any(g.nodes[p]["kind"] == Kind.INPUT.value for p in g.predecessors(c))]
+        if not convs or any(_attention_behind(g, c) for c in convs):
+            continue
+        readers = [w for w in _nearest(g, r, True, lambda b: b["kind"] in _LAYERS) if _attention_ahead(g, w, 6)
+                   or _is_attention(g.nodes[w])]
+        if readers:
+            found.append({"entry": convs, "output": readers, "reshape": [r]})
+    return found
+
+
+def _find_tokens_to_feature_map(g: nx.DiGraph) -> List[Dict[str, List[str]]]:
+    found = []
+    for r, a in g.nodes(data=True):
+        if not _tokens_to_spatial(a):
+            continue
+        convs = _nearest(g, r, True, lambda b: b["kind"] == Kind.CONV.value)
+        if not convs or any(_attention_in_region_ahead(g, c) for c in convs):
+            continue
+        tokens = _nearest(g, r, False, lambda b: b["kind"] in _LAYERS)
+        if tokens and any(_attention_behind(g, t) or _is_attention(g.nodes[t]) for t in tokens):
+            found.append({"entry": tokens, "output": convs, "reshape": [r]})
+    return found
+
+
+def register_generic_rule(rule: GenericRule) -> GenericRule:
+    if rule.name in GENERIC_RULES:
+        raise ValueError(f"generic bridge rule '{rule.name}' is already registered")
+    GENERIC_RULES[rule.name] = rule
+    return rule
+
+
+register_generic_rule(GenericRule(
+    name="feature_map_to_tokens", direction=LOCAL_TO_GLOBAL, find=_find_feature_map_to_tokens,
+    description="convs opening a conv region -> layout chain merging H, W into tokens -> the first layer "
+                "on the way to attention"))
+register_generic_rule(GenericRule(
+    name="tokens_to_feature_map", direction=GLOBAL_TO_LOCAL, find=_find_tokens_to_feature_map,
+    description="the last token layer of an attention region -> layout chain back to N,C,H,W -> the conv "
+                "of a region without attention"))
+
+
 # ---- matching ------------------------------------------------------------------------------
 
 def _node_match(g_attrs: dict, t_attrs: dict) -> bool:
@@ -319,15 +474,16 @@ def _block_nodes(gm: fx.GraphModule, entries: List[str], output: str) -> List[st
 
 
 def find_bridges(gm: fx.GraphModule, patterns: Optional[Sequence[str]] = None,
-                 kind_graph: Optional[nx.DiGraph] = None) -> List[BridgeTag]:
+                 kind_graph: Optional[nx.DiGraph] = None, generic: bool = True) -> List[BridgeTag]:
     """Match every registered bridge pattern; return tags in graph order.
 
-    A layer belongs to at most one bridge: overlapping matches keep the
+    The generic rules (:data:`GENERIC_RULES`) run where no family pattern matched (and
+    ``generic`` is on).  A layer belongs to at most one bridge: overlapping matches keep the
     first (in graph order of their output layer).
     """
     g = kind_graph if kind_graph is not None else build_kind_graph(gm)
     order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
-    found = []
+    candidates = []          # (pattern name, direction, entries, output, reshape kind-graph nodes)
     for pname in (patterns or list(PATTERNS)):
         p = PATTERNS[pname]
         matcher = DiGraphMatcher(g, p.template, node_match=_node_match)
@@ -335,34 +491,45 @@ def find_bridges(gm: fx.GraphModule, patterns: Optional[Sequence[str]] = None,
             m = {t: v for v, t in mapping.items()}  # template node -> graph node
             if p.accept is not None and not p.accept(g, m):
                 continue
-            found.append((p, m))
+            output = p.locate_output(g, m) if p.locate_output is not None else m[_role(p, "output")[0]]
+            entries = [m[t] for t in _role(p, "entry")]
+            if p.name.startswith("downsample_merge"):
+                # every layer merged into the add is an entry of the block (EfficientFormerV2's
+                # conv downsample and attention downsample both feed the first meta block)
+                merge = m["merge"]
+                entries = sorted({u for u in g.predecessors(merge) if g.nodes[u]["kind"] == Kind.CONV.value}
+                                 | set(entries), key=order.get)
+            candidates.append((p.name, p.direction(g, m), entries, output, [m[t] for t in _role(p, "reshape")]))
+    tags = _resolve(gm, g, candidates, order)
+    if not tags and generic and patterns is None:
+        candidates = []
+        for rule in GENERIC_RULES.values():
+            for f in rule.find(g):
+                entries = sorted(set(f["entry"]), key=order.get)
+                output = min(f["output"], key=order.get)
+                candidates.append((rule.name, rule.direction, entries, output, f["reshape"]))
+        tags = _resolve(gm, g, candidates, order)
+    return tags
+
+
+def _resolve(gm: fx.GraphModule, g: nx.DiGraph, candidates: list, order: Dict[str, int]) -> List[BridgeTag]:
+    """Bridge tags from candidate matches, in graph order of their outputs; a layer joins one bridge."""
     tags: List[BridgeTag] = []
     used = set()
-    resolved = []
-    for p, m in found:
-        out = p.locate_output(g, m) if p.locate_output is not None else m[_role(p, "output")[0]]
-        resolved.append((p, m, out))
-    for p, m, output in sorted(resolved, key=lambda pmo: order[pmo[2]]):
-        entries = [m[t] for t in _role(p, "entry")]
+    for name, direction, entries, output, reshape_nodes in sorted(candidates, key=lambda c: order[c[3]]):
         if output in used:
             continue
-        if p.name.startswith("downsample_merge"):
-            # every layer merged into the add is an entry of the block (EfficientFormerV2's
-            # conv downsample and attention downsample both feed the first meta block)
-            merge = m["merge"]
-            entries = sorted({u for u in g.predecessors(merge) if g.nodes[u]["kind"] == Kind.CONV.value}
-                             | set(entries), key=order.get)
         nodes = _block_nodes(gm, entries, output)
         layer_set = [n for n in nodes if g.has_node(n) and g.nodes[n]["kind"] in (
             Kind.CONV.value, Kind.LINEAR.value, Kind.MATMUL.value)]
         if any(l in used for l in layer_set):
             continue
         reshape = []
-        for t in _role(p, "reshape"):
-            reshape.extend(g.nodes[m[t]]["members"])
+        for r in reshape_nodes:
+            reshape.extend(g.nodes[r]["members"])
         used.update(layer_set)
         tags.append(BridgeTag(
-            id=len(tags), pattern=p.name, direction=p.direction(g, m), layers=layer_set,
+            id=len(tags), pattern=name, direction=direction, layers=layer_set,
             entry=entries, output=output, reshape=reshape, nodes=nodes,
             modules=[g.nodes[l].get("module", l) for l in layer_set]))
     return tags

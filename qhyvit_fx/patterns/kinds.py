@@ -187,8 +187,9 @@ def build_kind_graph(gm: fx.GraphModule) -> nx.DiGraph:
     """The contracted kind graph of ``gm`` (needs ``tensor_meta`` on nodes).
 
     Graph nodes are fx node names; attributes: ``kind`` (str), ``members``
-    (the fx node names contracted into it, in graph order) and for layers
-    ``module`` (qualified name) and ``kernel``/``groups`` for convs.
+    (the fx node names contracted into it, in graph order), ``rank`` / ``shape`` of the value it
+    produces and ``in_rank`` / ``in_shape`` of its first activation input, and for layers
+    ``module`` (qualified name) and ``kernel``/``groups``/``stride`` for convs.
     """
     g = nx.DiGraph()
     rep: Dict[str, str] = {}  # fx node name -> kind-graph node it was contracted into
@@ -205,15 +206,17 @@ def build_kind_graph(gm: fx.GraphModule) -> nx.DiGraph:
             rep[node.name] = ins[0]
             g.nodes[ins[0]]["members"].append(node.name)
             g.nodes[ins[0]]["rank"] = rank(node)
+            g.nodes[ins[0]]["shape"] = shape(node)
             continue
         if is_pass_through(kind, len(ins)):
             rep[node.name] = ins[0]
             g.nodes[ins[0]].setdefault("absorbed", []).append(node.name)
             continue
-        attrs = {"kind": kind.value, "members": [node.name], "rank": rank(node)}
+        attrs = {"kind": kind.value, "members": [node.name], "rank": rank(node), "shape": shape(node)}
         act_in = [a for a in tensor_inputs(node) if a in live]
         if act_in:
             attrs["in_rank"] = rank(act_in[0])
+            attrs["in_shape"] = shape(act_in[0])
         m = node_module(gm, node)
         if m is not None:
             attrs["module"] = node.target
@@ -227,6 +230,12 @@ def build_kind_graph(gm: fx.GraphModule) -> nx.DiGraph:
         for i in ins:
             g.add_edge(i, node.name)
     return g
+
+
+def shape(node: fx.Node) -> Optional[tuple]:
+    """Shape of the tensor ``node`` produced when the graph was captured, or None."""
+    tm = node.meta.get("tensor_meta")
+    return tuple(tm.shape) if tm is not None and hasattr(tm, "shape") else None
 
 
 def rank(node: fx.Node) -> Optional[int]:
