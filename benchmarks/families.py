@@ -1,0 +1,89 @@
+"""Every attention-bearing timm family through the whole pipeline (issue: any timm hybrid).
+
+Discovers the families from ``timm.list_modules()`` by what their captured graphs contain
+(:func:`qhyvit_fx.survey.discover_families`), then runs each family's smallest attention-bearing
+model (random weights) through capture, prepare (MinMax W8A8, --target ort), calibrate, convert,
+export and ``qhyvit check``.  Writes ``results/families.json`` and prints the RESULTS.md table.
+
+    python benchmarks/families.py                 # discover + survey (about 15 min on 2 cores)
+    python benchmarks/families.py --models levit_128s edgenext_xx_small
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import warnings
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next(l for l in f if l.startswith("flags")).split(":")[1].split()
+    except (OSError, StopIteration):
+        return platform.processor()
+    return " ".join(sorted(f for f in flags if f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8",
+                                                     "avx512_bf16")))
+
+
+def table(rows) -> str:
+    head = ("| family | model | px | params M | capture max diff | bridges (L->G / G->L) | integer ops | "
+            "integer MACs % | W8A8 SQNR dB | s | status |")
+    out = [head, "|" + "---|" * 11]
+    for r in rows:
+        d = r["bridges_by_direction"]
+        failed = {m: v for m, v in r.get("methods", {}).items() if v != "ok"}
+        status = "ok" if r["ok"] else (r["error"] or (f"{len(r['float_islands'])} float islands"
+                                                      if r["float_islands"] else "")
+                                       + "; ".join(f"{m}: {v}" for m, v in failed.items()))
+        diff = "-" if r["capture_max_diff"] is None else f"{r['capture_max_diff']:.1e}"
+        sq = "-" if r["sqnr_db"] is None else f"{r['sqnr_db']:.1f}"
+        out.append(f"| {r['family']} | {r['model']} | {r['img']} | {r['params_m']} | {diff} | {r['bridges']} "
+                   f"({d.get('local->global', 0)} / {d.get('global->local', 0)}) | "
+                   f"{r['integer_ops']}/{r['compute_ops']} | {r['integer_mac_share']:.1f} | {sq} | "
+                   f"{r['seconds']:.0f} | {status} |")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="*", help="survey these models instead of discovering the families")
+    ap.add_argument("--methods", nargs="*", default=None,
+                    help="also run these methods (default: every registered one) through prepare, calibrate, "
+                         "convert and export; --methods with no name: MinMax only")
+    ap.add_argument("--out", default=os.path.join(HERE, "results", "families.json"))
+    args = ap.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(2)
+    from tqdm import tqdm
+
+    from qhyvit_fx.decisions import atomic_write_text
+    from qhyvit_fx.methods import METHODS
+    from qhyvit_fx.survey import discover_families, survey_model
+    methods = sorted(METHODS) if args.methods is None else args.methods
+    if args.models:
+        todo = [{"family": "", "model": m} for m in args.models]
+    else:
+        todo = discover_families()
+        print(f"{len(todo)} attention-bearing families", file=sys.stderr)
+    rows = []
+    for item in tqdm(todo, desc="survey", unit="model"):
+        rows.append(survey_model(item["model"], family=item["family"], methods=methods).to_dict())
+    payload = {"command": " ".join(["python", "benchmarks/families.py"] + (argv if argv is not None else sys.argv[1:])),
+               "methods": methods,
+               "torch": torch.__version__, "cpu_flags": cpu_flags(), "rows": rows}
+    atomic_write_text(args.out, json.dumps(payload, indent=1))
+    print(table(rows))
+    ok = sum(r["ok"] for r in rows)
+    print(f"\n{ok}/{len(rows)} families green; wrote {args.out}")
+    return 0 if ok == len(rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
