@@ -38,6 +38,17 @@ def _example_tuple(example_inputs: Any) -> tuple:
     return tuple(example_inputs)
 
 
+def layer_graph(model: torch.nn.Module, example_inputs: Any) -> fx.GraphModule:
+    """The captured graph with one module per layer call: what ``prepare`` quantizes and ``qhyvit
+    inspect`` shows (same layer names).  ``model`` is traced as it is (not copied)."""
+    gm = capture(model, _example_tuple(example_inputs))
+    gm = unshare_modules(gm)
+    gm = remove_noops(gm)
+    gm = fold_constants(gm)
+    gm = functional_convs_to_modules(gm)
+    return conv1d_as_conv2d(gm)
+
+
 def prepare(model: torch.nn.Module, example_inputs: Any, config: Optional[QConfig] = None) -> fx.GraphModule:
     """Capture ``model`` and make it ready for calibration.
 
@@ -50,12 +61,7 @@ def prepare(model: torch.nn.Module, example_inputs: Any, config: Optional[QConfi
     method = get_method(config.method)
     example = _example_tuple(example_inputs)
     model = copy.deepcopy(model).eval()
-    gm = capture(model, example)
-    gm = unshare_modules(gm)
-    gm = remove_noops(gm)
-    gm = fold_constants(gm)
-    gm = functional_convs_to_modules(gm)
-    gm = conv1d_as_conv2d(gm)
+    gm = layer_graph(model, example)
     gm = fold_batchnorm(gm)
     gm = fold_scales(gm)
     gm = tag_bridges(gm)

@@ -182,13 +182,14 @@ def _print_metrics(res, out=None):
 # ---- commands ------------------------------------------------------------------------------
 
 def cmd_inspect(args) -> int:
+    import copy
+
     import torch
-    from .capture import capture
+
+    from .api import layer_graph
     from .decisions import Decisions
     from .graphinfo import format_summary, graph_summary
     from .models import create_model
-    from .passes.cleanup import remove_noops
-    from .passes.unshare_modules import unshare_modules
     from .plots import draw_bridges
     for p in (args.json, args.draw):
         if p:
@@ -197,7 +198,7 @@ def cmd_inspect(args) -> int:
         raise UsageError(f"--draw '{args.draw}' must end in .png or .svg")
     lm = create_model(args.model, weights=args.weights)
     img = args.img or int(lm.meta.get("img_size", 0)) or _default_img(lm.model)
-    gm = remove_noops(unshare_modules(capture(lm.model, torch.zeros(1, 3, img, img))))
+    gm = layer_graph(copy.deepcopy(lm.model), torch.zeros(1, 3, img, img))
     dec = Decisions.load(args.decisions) if args.decisions else None
     s = graph_summary(gm, args.model, img, decisions=dec)
     print(format_summary(s))

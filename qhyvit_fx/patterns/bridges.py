@@ -109,7 +109,7 @@ def _template(nodes: Dict[str, Callable], edges: Sequence[tuple]) -> nx.DiGraph:
 
 
 def _reaches_attention_before_downsample(g: nx.DiGraph, start: str) -> bool:
-    """Whether a softmax/matmul is reachable from ``start`` without passing
+    """Whether attention (a matmul of two activations) is reachable from ``start`` without passing
     another dense strided conv (i.e. the stage that starts here has global
     blocks)."""
     seen, stack = {start}, [start]
@@ -120,7 +120,9 @@ def _reaches_attention_before_downsample(g: nx.DiGraph, start: str) -> bool:
                 continue
             seen.add(w)
             a = g.nodes[w]
-            if a["kind"] in (Kind.SOFTMAX.value, Kind.MATMUL.value):
+            # attention is a product of two activations; a softmax alone may be a conv network's
+            # branch weighting (SKNet's selective kernels)
+            if a["kind"] == Kind.MATMUL.value:
                 return True
             if a["kind"] == Kind.CONV.value and _s2(a.get("stride")) and a.get("groups") == 1:
                 continue
@@ -338,7 +340,9 @@ def _tokens_to_spatial(a: dict) -> bool:
 
 
 def _is_attention(a: dict) -> bool:
-    return a["kind"] in (Kind.MATMUL.value, Kind.SOFTMAX.value)
+    # a product of two activations: token attention (softmax or linear).  A softmax alone is not
+    # enough: selective-kernel and split attention (SKNet, ResNeSt) weigh conv branches with one
+    return a["kind"] == Kind.MATMUL.value
 
 
 def _spatial_conv(a: dict) -> bool:
