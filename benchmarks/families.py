@@ -54,6 +54,7 @@ def table(rows) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="*", help="survey these models instead of discovering the families")
+    ap.add_argument("--families-from", help="take the family list from an earlier results file (skips discovery)")
     ap.add_argument("--methods", nargs="*", default=None,
                     help="also run these methods (default: every registered one) through prepare, calibrate, "
                          "convert and export; --methods with no name: MinMax only")
@@ -69,16 +70,19 @@ def main(argv=None) -> int:
     methods = sorted(METHODS) if args.methods is None else args.methods
     if args.models:
         todo = [{"family": "", "model": m} for m in args.models]
+    elif args.families_from:
+        with open(args.families_from) as f:
+            todo = [{"family": r["family"], "model": r["model"]} for r in json.load(f)["rows"]]
     else:
         todo = discover_families()
         print(f"{len(todo)} attention-bearing families", file=sys.stderr)
-    rows = []
+    payload = {"command": " ".join(["python", "benchmarks/families.py"] + (argv if argv is not None else sys.argv[1:])),
+               "methods": methods, "torch": torch.__version__, "cpu_flags": cpu_flags(), "rows": []}
+    rows = payload["rows"]
     for item in tqdm(todo, desc="survey", unit="model"):
         rows.append(survey_model(item["model"], family=item["family"], methods=methods).to_dict())
-    payload = {"command": " ".join(["python", "benchmarks/families.py"] + (argv if argv is not None else sys.argv[1:])),
-               "methods": methods,
-               "torch": torch.__version__, "cpu_flags": cpu_flags(), "rows": rows}
-    atomic_write_text(args.out, json.dumps(payload, indent=1))
+        payload["complete"] = len(rows) == len(todo)
+        atomic_write_text(args.out, json.dumps(payload, indent=1))     # after each model: a long run can be read
     print(table(rows))
     ok = sum(r["ok"] for r in rows)
     print(f"\n{ok}/{len(rows)} families green; wrote {args.out}")
