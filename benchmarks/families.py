@@ -33,19 +33,21 @@ def cpu_flags() -> str:
 
 
 def table(rows) -> str:
-    head = ("| family | model | px | params M | capture max diff | bridges (L->G / G->L) | integer ops | "
+    short = {"feature_map_to_tokens": "map->tokens", "tokens_to_feature_map": "tokens->map"}
+    head = ("| family | model | px | params M | capture max diff | bridges (L->G / G->L) | rules | integer ops | "
             "integer MACs % | W8A8 SQNR dB | s | status |")
-    out = [head, "|" + "---|" * 11]
+    out = [head, "|" + "---|" * 12]
     for r in rows:
         d = r["bridges_by_direction"]
         failed = {m: v for m, v in r.get("methods", {}).items() if v != "ok"}
-        status = "ok" if r["ok"] else (r["error"] or (f"{len(r['float_islands'])} float islands"
+        status = "ok" if r["ok"] else (r["error"][:110] or (f"{len(r['float_islands'])} float islands"
                                                       if r["float_islands"] else "")
                                        + "; ".join(f"{m}: {v}" for m, v in failed.items()))
         diff = "-" if r["capture_max_diff"] is None else f"{r['capture_max_diff']:.1e}"
         sq = "-" if r["sqnr_db"] is None else f"{r['sqnr_db']:.1f}"
+        rules = ", ".join(f"{short.get(k, k)} {v}" for k, v in sorted(r["bridge_rules"].items())) or "-"
         out.append(f"| {r['family']} | {r['model']} | {r['img']} | {r['params_m']} | {diff} | {r['bridges']} "
-                   f"({d.get('local->global', 0)} / {d.get('global->local', 0)}) | "
+                   f"({d.get('local->global', 0)} / {d.get('global->local', 0)}) | {rules} | "
                    f"{r['integer_ops']}/{r['compute_ops']} | {r['integer_mac_share']:.1f} | {sq} | "
                    f"{r['seconds']:.0f} | {status} |")
     return "\n".join(out)
@@ -59,7 +61,12 @@ def main(argv=None) -> int:
                     help="also run these methods (default: every registered one) through prepare, calibrate, "
                          "convert and export; --methods with no name: MinMax only")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "families.json"))
+    ap.add_argument("--table", metavar="RESULTS_JSON", help="only print the table of an earlier run")
     args = ap.parse_args(argv)
+    if args.table:
+        with open(args.table) as f:
+            print(table(json.load(f)["rows"]))
+        return 0
     warnings.filterwarnings("ignore")
     torch.set_num_threads(2)
     from tqdm import tqdm
