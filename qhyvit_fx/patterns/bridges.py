@@ -399,13 +399,20 @@ def _nearest(g: nx.DiGraph, v: str, forward: bool, want: Callable[[dict], bool])
     return [w for w, d in hits if d == closest]
 
 
+def _reads_image(g: nx.DiGraph, v: str) -> bool:
+    """The layer reads the graph input through no other layer (a patch embedding; resizing the
+    image first, as CrossViT's second branch does, changes nothing)."""
+    stop = lambda a: a["kind"] in _LAYERS
+    return any(g.nodes[w]["kind"] == Kind.INPUT.value for w in _walk(g, v, False, stop, hops=8))
+
+
 def _find_feature_map_to_tokens(g: nx.DiGraph) -> List[Dict[str, List[str]]]:
     found = []
     for r, a in g.nodes(data=True):
         if not _spatial_to_tokens(a) or not _attention_ahead(g, r, hops=8):
             continue
         convs = _nearest(g, r, False, lambda b: b["kind"] == Kind.CONV.value)
-        convs = [c for c in convs if not any(g.nodes[p]["kind"] == Kind.INPUT.value for p in g.predecessors(c))]
+        convs = [c for c in convs if not _reads_image(g, c)]
         if not convs or any(_attention_behind(g, c) for c in convs):
             continue
         readers = [w for w in _nearest(g, r, True, lambda b: b["kind"] in _LAYERS) if _attention_ahead(g, w, 6)
