@@ -458,9 +458,14 @@ def collect(prepared: fx.GraphModule, quantized: fx.GraphModule, images: torch.T
                 side_rows[s].append(r.clone())
             del rc
         with torch.enable_grad():
-            for name, g2 in _grad2_chunk(prepared, quantized, x, fp_logits, wanted, cfg).items():
-                rec = records[name]
-                rec.grad.append(_rows_of(g2, rec.plan.kind, rec.plan.for_chunk(i0, i1)).clone())
+            grads = _grad2_chunk(prepared, quantized, x, fp_logits, wanted, cfg)
+        for name, rec in records.items():
+            if name in grads:
+                rec.grad.append(_rows_of(grads[name], rec.plan.kind, rec.plan.for_chunk(i0, i1)).clone())
+            else:
+                # no gradient path from the image (EdgeNeXt's position encoding: a conv on a tensor built
+                # from the input's shape only): weigh its output error uniformly (plain MSE)
+                rec.grad.append(torch.ones_like(rec.out[-1]))
     for rec in records.values():
         rec.fold_of = fold_of
         rec.inputs = [[rec.plan.assemble(c, bounds)] for c in rec.inputs]

@@ -225,3 +225,10 @@ def test_every_attention_bearing_family_runs_end_to_end(tmp_path):
         if not rec.ok and "FP32 model either" not in rec.error:
             bad.append((f["model"], rec.error or rec.float_islands[:2]))
     assert bad == []
+
+
+def test_every_method_runs_on_a_model_without_family_patterns(tmp_path):
+    from qhyvit_fx.methods import METHODS
+    rec = survey_model("edgenext_xx_small", img=128, workdir=str(tmp_path), methods=sorted(METHODS))
+    assert rec.error == ""
+    assert rec.methods == {m: "ok" for m in sorted(METHODS) if m != "minmax"}
