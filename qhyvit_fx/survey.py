@@ -57,9 +57,8 @@ class SurveyRecord:
         return d
 
 
-def input_size(model: torch.nn.Module, cap: int = 256) -> int:
-    """The model's own input size (its pretrained config), at most ``cap`` when the model accepts
-    another size (fixed-size models keep theirs)."""
+def input_size(model: torch.nn.Module) -> int:
+    """The model's own input size (from its pretrained config; 224 when it has none)."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
     size = cfg.get("input_size", (3, 224, 224))
     return int(size[-1])

@@ -6,7 +6,6 @@ import onnx
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import qhyvit_fx as q
 from qhyvit_fx.capture import capture

@@ -51,7 +51,6 @@ def conv1d_as_conv2d(gm: fx.GraphModule) -> fx.GraphModule:
 
 def _widen_meta(node: fx.Node, wide: fx.Node, narrow: fx.Node) -> None:
     """tensor_meta of the new nodes (later passes read shapes from it)."""
-    from torch.fx.passes.shape_prop import TensorMetadata
     tm_in = node.args[0].args[0].meta.get("tensor_meta")
     tm_out = node.meta.get("tensor_meta")
     narrow.meta["tensor_meta"] = tm_out
