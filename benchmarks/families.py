@@ -62,6 +62,7 @@ def main(argv=None) -> int:
                          "convert and export; --methods with no name: MinMax only")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "families.json"))
     ap.add_argument("--table", metavar="RESULTS_JSON", help="only print the table of an earlier run")
+    ap.add_argument("--resume", action="store_true", help="keep the rows already in --out, survey the rest")
     args = ap.parse_args(argv)
     if args.table:
         with open(args.table) as f:
@@ -86,9 +87,14 @@ def main(argv=None) -> int:
     payload = {"command": " ".join(["python", "benchmarks/families.py"] + (argv if argv is not None else sys.argv[1:])),
                "methods": methods, "torch": torch.__version__, "cpu_flags": cpu_flags(), "rows": []}
     rows = payload["rows"]
+    if args.resume and os.path.exists(args.out):
+        with open(args.out) as f:
+            rows.extend(json.load(f)["rows"])
+        done = {r["model"] for r in rows}
+        todo = [t for t in todo if t["model"] not in done]
     for item in tqdm(todo, desc="survey", unit="model"):
         rows.append(survey_model(item["model"], family=item["family"], methods=methods).to_dict())
-        payload["complete"] = len(rows) == len(todo)
+        payload["complete"] = item is todo[-1]
         atomic_write_text(args.out, json.dumps(payload, indent=1))     # after each model: a long run can be read
     print(table(rows))
     ok = sum(r["ok"] for r in rows)
