@@ -310,14 +310,13 @@ class GenericRule:
     name: str
     direction: str
     description: str
-    find: Callable[[nx.DiGraph], List[Dict[str, List[str]]]]   # -> [{"entry": [...], "output": [node]}]
+    # kind graph -> [{"entry": [layers], "output": [candidate layers], "reshape": [layout chain]}]
+    find: Callable[[nx.DiGraph], List[Dict[str, List[str]]]]
 
 
 GENERIC_RULES: Dict[str, GenericRule] = {}
 
 _LAYERS = (Kind.CONV.value, Kind.LINEAR.value, Kind.MATMUL.value)
-_THROUGH = (Kind.RESHAPE.value, Kind.NORM.value, Kind.ELEMENTWISE.value, Kind.ACT.value, Kind.POOL.value,
-            Kind.OTHER.value, Kind.BATCHNORM.value)
 
 
 def _spatial_to_tokens(a: dict) -> bool:
