@@ -15,12 +15,12 @@ from .methods.minmax import CalibrationError
 from .passes.annotate import annotate
 from .passes.cleanup import remove_noops
 from .passes.convert import RECORDER, convert_graph
+from .passes.conv1d_as_conv2d import conv1d_as_conv2d
 from .passes.decompose_silu import decompose_silu
 from .passes.fold_bn import fold_batchnorm
+from .passes.fold_constants import fold_constants
 from .passes.fold_scales import fold_scales
 from .passes.functional_conv import functional_convs_to_modules
-from .passes.conv1d_as_conv2d import conv1d_as_conv2d
-from .passes.fold_constants import fold_constants
 from .passes.insert_observers import insert_observers
 from .passes.unshare_modules import unshare_modules
 from .patterns.bridges import tag_bridges

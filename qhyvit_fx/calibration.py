@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from .config import QConfig
 from .modules import ActObserver, FakeQuantize, InputRecorder
 from .passes.annotate import ANNOTATION, QuantAnnotation, searched_layers
-from .patterns.kinds import Kind, classify
+from .patterns.kinds import Kind, classify, shape as node_shape
 from .search.problem import ActStats, MatmulProblem, WeightedLayerProblem
 
 _IDENTITY_MODULES = (ActObserver, InputRecorder, nn.Identity)
@@ -86,11 +86,6 @@ def _rows_of(t: torch.Tensor, kind: str, idx: torch.Tensor) -> torch.Tensor:
     if kind == "tokens":
         return t.reshape(-1, t.shape[-1])[idx]
     return t.reshape((-1,) + tuple(t.shape[-2:]))[idx]
-
-
-def _shape(n: fx.Node):
-    tm = n.meta.get("tensor_meta")
-    return tuple(tm.shape) if tm is not None and hasattr(tm, "shape") else None
 
 
 # ---- bridge tails --------------------------------------------------------------------------
@@ -373,7 +368,7 @@ def _plan_for(n: fx.Node, kind: str, images: int, cfg: QConfig, name: str, examp
     # shapes were recorded on the example input: everything but the channel axis, divided by
     # the example's batch, is "per image" (dim 0 can hold several entries per image, e.g.
     # MobileViT's batch * patch area)
-    shape = _shape(n)
+    shape = node_shape(n)
     if kind == "conv":
         per = int(shape[0] * math.prod(shape[2:])) // example_batch
         return _plan("nchw", per, images, cfg.max_positions, cfg.seed, name)
@@ -429,7 +424,7 @@ def collect(prepared: fx.GraphModule, quantized: fx.GraphModule, images: torch.T
                     continue
                 rec = records[l]
                 if rec.ann.kind != "conv" or out_rec.ann.kind != "conv" or \
-                        _shape(by[l])[2:] != _shape(by[t.output])[2:]:
+                        node_shape(by[l])[2:] != node_shape(by[t.output])[2:]:
                     tails[l] = (None, "bridge layer and output differ in layout", t.output)
                     continue
                 tail, why = build_tail(prepared, by[l], by[t.output], t.nodes)

@@ -337,7 +337,7 @@ class ConcreteTracer(fx.Tracer):
             self._concrete_depth += 1
             try:
                 if kind == "get_attr":
-                    value = _get_attr(self.root, target)
+                    value = operator.attrgetter(target)(self.root)
                 elif kind == "call_function":
                     value = target(*cargs, **ckwargs)
                 elif kind == "call_method":
@@ -406,13 +406,6 @@ def _erase_guard_chain(graph: fx.Graph, node: fx.Node) -> None:
         _erase_guard_chain(graph, u)
     if not node.users and node.op == "call_function":
         graph.erase_node(node)
-
-
-def _get_attr(root, target):
-    obj = root
-    for atom in target.split("."):
-        obj = getattr(obj, atom)
-    return obj
 
 
 def _describe(kind, target) -> str:

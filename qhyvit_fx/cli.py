@@ -189,7 +189,7 @@ def cmd_inspect(args) -> int:
     from .api import layer_graph
     from .decisions import Decisions
     from .graphinfo import format_summary, graph_summary
-    from .models import create_model
+    from .models import create_model, default_img_size
     from .plots import draw_bridges
     for p in (args.json, args.draw):
         if p:
@@ -197,7 +197,7 @@ def cmd_inspect(args) -> int:
     if args.draw and os.path.splitext(args.draw)[1].lower() not in (".png", ".svg"):
         raise UsageError(f"--draw '{args.draw}' must end in .png or .svg")
     lm = create_model(args.model, weights=args.weights)
-    img = args.img or int(lm.meta.get("img_size", 0)) or _default_img(lm.model)
+    img = args.img or int(lm.meta.get("img_size", 0)) or default_img_size(lm.model)
     gm = layer_graph(copy.deepcopy(lm.model), torch.zeros(1, 3, img, img))
     dec = Decisions.load(args.decisions) if args.decisions else None
     s = graph_summary(gm, args.model, img, decisions=dec)
@@ -211,11 +211,6 @@ def cmd_inspect(args) -> int:
         print(f"wrote {args.draw}")
     return 0
 
-
-def _default_img(model) -> int:
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    size = cfg.get("input_size", (3, 224, 224))
-    return int(size[-1])
 
 
 def cmd_quantize(args) -> int:

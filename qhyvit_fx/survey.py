@@ -17,11 +17,13 @@ import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["SurveyRecord", "discover_families", "survey_model", "input_size", "smallest_model"]
+from .models import default_img_size
+
+__all__ = ["SurveyRecord", "discover_families", "survey_model", "family_models"]
 
 
 @dataclass
@@ -57,13 +59,6 @@ class SurveyRecord:
         return d
 
 
-def input_size(model: torch.nn.Module) -> int:
-    """The model's own input size (from its pretrained config; 224 when it has none)."""
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    size = cfg.get("input_size", (3, 224, 224))
-    return int(size[-1])
-
-
 def _meta_model(name: str):
     import timm
     with torch.device("meta"), warnings.catch_warnings():
@@ -79,17 +74,11 @@ def _count_params(name: str) -> Optional[int]:
         return None
 
 
-def family_models(family: str) -> List[str]:
-    """The family's models that can be built, fewest parameters first."""
+def family_models(family: str) -> List[Tuple[int, str]]:
+    """The family's models that can be built, as (parameters, name), fewest parameters first."""
     import timm
     sized = [(_count_params(n), n) for n in timm.list_models(module=family)]
-    return [n for c, n in sorted((c, n) for c, n in sized if c is not None)]
-
-
-def smallest_model(family: str) -> Optional[str]:
-    """The family's model with the fewest parameters (None when none can be built)."""
-    models = family_models(family)
-    return models[0] if models else None
+    return sorted((c, n) for c, n in sized if c is not None)
 
 
 def _graph_facts(gm) -> dict:
@@ -109,15 +98,12 @@ def _holds_attention(name: str) -> Optional[bool]:
     """Whether the captured graph of ``name`` holds attention; the capture runs on the meta device
     (shapes only, nothing computed).  None when it cannot be captured there."""
     from .capture import capture
-    from .patterns.kinds import Kind, build_kind_graph
     try:
         model = _meta_model(name)
-        img = input_size(model)
-        gm = capture(model, torch.zeros(1, 3, img, img, device="meta"))
-        kinds = {a["kind"] for _, a in build_kind_graph(gm).nodes(data=True)}
+        img = default_img_size(model)
+        return _graph_facts(capture(model, torch.zeros(1, 3, img, img, device="meta")))["attention"]
     except Exception:
         return None
-    return Kind.SOFTMAX.value in kinds or Kind.MATMUL.value in kinds
 
 
 def discover_families(max_params_m: float = 40.0, tries: int = 8) -> List[Dict[str, str]]:
@@ -130,8 +116,8 @@ def discover_families(max_params_m: float = 40.0, tries: int = 8) -> List[Dict[s
     import timm
     out = []
     for family in timm.list_modules():
-        for name in family_models(family)[:tries]:
-            if (_count_params(name) or 0) > max_params_m * 1e6:
+        for params, name in family_models(family)[:tries]:
+            if params > max_params_m * 1e6:
                 break
             held = _holds_attention(name)
             if held is None or held:
@@ -192,7 +178,7 @@ def survey_model(name: str, family: str = "", img: Optional[int] = None, calib_i
     t0 = time.time()
     torch.manual_seed(seed)
     model = create_model(name).model.eval()
-    size = img or input_size(model)
+    size = img or default_img_size(model)
     rec = SurveyRecord(family=family or name.split("_")[0], model=name, img=size,
                        params_m=round(sum(p.numel() for p in model.parameters()) / 1e6, 2))
     stage = "capture"

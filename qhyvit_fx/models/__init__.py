@@ -15,7 +15,8 @@ from typing import Any, Dict, Optional
 
 import torch
 
-__all__ = ["ModelError", "LoadedModel", "create_model", "load_checkpoint", "suggest_names", "HYBRID_MODELS"]
+__all__ = ["ModelError", "LoadedModel", "create_model", "load_checkpoint", "suggest_names", "HYBRID_MODELS",
+           "default_img_size"]
 
 HYBRID_MODELS = (
     "mobilevit_xxs", "mobilevit_xs", "mobilevit_s",
@@ -44,6 +45,12 @@ def _timm():
     timm.layers.set_fused_attn(False)
     from . import mobileformer  # noqa: F401  (registers mobileformer_* with timm)
     return timm
+
+
+def default_img_size(model: torch.nn.Module) -> int:
+    """The model's own input size (from its timm pretrained config; 224 when it has none)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return int(cfg.get("input_size", (3, 224, 224))[-1])
 
 
 def suggest_names(name: str, n: int = 5):

@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from ..decisions import Decisions, DecisionsError
 from ..modules import MigratedQuantize, QuantConv2d, QuantLinear, make_quantizer
+from ..patterns.kinds import shape as node_shape
 from ..quantizer import QParams
 from .annotate import ANNOTATION, migratable
 from .quantize_every_use import quantize_every_use
@@ -25,11 +26,6 @@ def _check_channels(layer: str, what: str, qp: QParams, channels: int) -> None:
     if qp.spec.per_channel and qp.scale.numel() != channels:
         raise DecisionsError(f"layer '{layer}' {what}: per-channel decision has {qp.scale.numel()} scales "
                              f"but the tensor has {channels} channels")
-
-
-def _shape(node: fx.Node):
-    tm = node.meta.get("tensor_meta")
-    return tuple(tm.shape) if tm is not None and hasattr(tm, "shape") else None
 
 
 def _reparameterise(gm: fx.GraphModule, node: fx.Node, layer: str, rp: dict) -> None:
@@ -153,7 +149,7 @@ def convert_graph(prepared: fx.GraphModule, decisions: Decisions) -> fx.GraphMod
                 obs_node.replace_all_uses_with(obs_node.args[0])
                 g.erase_node(obs_node)
                 continue
-            shape = _shape(obs_node)
+            shape = node_shape(obs_node)
             axis = None
             if qp.spec.per_channel:
                 axis = qp.spec.axis

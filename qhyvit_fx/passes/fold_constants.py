@@ -12,24 +12,19 @@ module named after the first parameter each reads (``a_b_weight_folded`` for ``a
 """
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.fx as fx
 
 from ..patterns.kinds import activation_nodes
 
 
-def _fetch(gm: fx.GraphModule, target: str):
-    obj = gm
-    for atom in target.split("."):
-        obj = getattr(obj, atom)
-    return obj
-
-
 def _free_name(gm: fx.GraphModule, base: str) -> str:
     name, i = base, 1
     while True:
         try:
-            _fetch(gm, name)
+            operator.attrgetter(name)(gm)
         except AttributeError:
             return name
         i += 1
@@ -43,7 +38,7 @@ def fold_constants(gm: fx.GraphModule) -> fx.GraphModule:
         if node in live or node.op in ("placeholder", "output"):
             continue
         if node.op == "get_attr":
-            values[node] = _fetch(gm, node.target)
+            values[node] = operator.attrgetter(node.target)(gm)
             source[node] = node.target
             continue
         if any(a not in values for a in node.all_input_nodes):

@@ -12,6 +12,7 @@ unchanged (bit-exact).
 """
 from __future__ import annotations
 
+import operator
 from typing import Optional
 
 import torch
@@ -27,13 +28,6 @@ _LINEAR = (F.linear, torch._C._nn.linear)
 
 def _pair(v):
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
-
-
-def _fetch(gm: fx.GraphModule, target: str):
-    obj = gm
-    for atom in target.split("."):
-        obj = getattr(obj, atom)
-    return obj
 
 
 def _module_name(gm: fx.GraphModule, node: fx.Node, weight_target: str) -> str:
@@ -52,7 +46,7 @@ def _module_name(gm: fx.GraphModule, node: fx.Node, weight_target: str) -> str:
 
 def _tensor_attr(gm: fx.GraphModule, n) -> Optional[torch.Tensor]:
     if isinstance(n, fx.Node) and n.op == "get_attr":
-        v = _fetch(gm, n.target)
+        v = operator.attrgetter(n.target)(gm)
         if isinstance(v, torch.Tensor):
             return v
     return None

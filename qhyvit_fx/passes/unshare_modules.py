@@ -27,9 +27,9 @@ def unshare_modules(gm: fx.GraphModule) -> fx.GraphModule:
             calls[node.target].append(node)
     changed = False
     for target, nodes in calls.items():
-        if len(nodes) < 2 or not _has_state(gm.get_submodule(target)):
-            continue
         original = gm.get_submodule(target)
+        if len(nodes) < 2 or not _has_state(original):
+            continue
         for i, node in enumerate(nodes[1:], start=1):
             name = f"{target}_call{i}"
             while _exists(gm, name):

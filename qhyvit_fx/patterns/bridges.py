@@ -21,7 +21,7 @@ import networkx as nx
 import torch.fx as fx
 from networkx.algorithms.isomorphism import DiGraphMatcher
 
-from .kinds import Kind, build_kind_graph
+from .kinds import QUANTIZABLE, Kind, build_kind_graph
 
 LOCAL_TO_GLOBAL = "local->global"
 GLOBAL_TO_LOCAL = "global->local"
@@ -109,25 +109,11 @@ def _template(nodes: Dict[str, Callable], edges: Sequence[tuple]) -> nx.DiGraph:
 
 
 def _reaches_attention_before_downsample(g: nx.DiGraph, start: str) -> bool:
-    """Whether attention (a matmul of two activations) is reachable from ``start`` without passing
-    another dense strided conv (i.e. the stage that starts here has global
-    blocks)."""
-    seen, stack = {start}, [start]
-    while stack:
-        v = stack.pop()
-        for w in g.successors(v):
-            if w in seen:
-                continue
-            seen.add(w)
-            a = g.nodes[w]
-            # attention is a product of two activations; a softmax alone may be a conv network's
-            # branch weighting (SKNet's selective kernels)
-            if a["kind"] == Kind.MATMUL.value:
-                return True
-            if a["kind"] == Kind.CONV.value and _s2(a.get("stride")) and a.get("groups") == 1:
-                continue
-            stack.append(w)
-    return False
+    """Whether attention (a matmul of two activations; a softmax alone may be a conv network's
+    branch weighting, as SKNet's selective kernels) is reachable from ``start`` without passing
+    another dense strided conv (i.e. the stage that starts here has global blocks)."""
+    dense_strided = lambda a: a["kind"] == Kind.CONV.value and _s2(a.get("stride")) and a.get("groups") == 1
+    return any(_is_attention(g.nodes[w]) for w in _walk(g, start, True, dense_strided, hops=len(g)))
 
 
 def _has_attention_upstream(g: nx.DiGraph, node: str, hops: int = 6) -> bool:
@@ -316,7 +302,7 @@ class GenericRule:
 
 GENERIC_RULES: Dict[str, GenericRule] = {}
 
-_LAYERS = (Kind.CONV.value, Kind.LINEAR.value, Kind.MATMUL.value)
+_LAYERS = tuple(k.value for k in QUANTIZABLE)
 
 
 def _spatial_to_tokens(a: dict) -> bool:
@@ -484,11 +470,11 @@ def _block_nodes(gm: fx.GraphModule, entries: List[str], output: str) -> List[st
 
 
 def find_bridges(gm: fx.GraphModule, patterns: Optional[Sequence[str]] = None,
-                 kind_graph: Optional[nx.DiGraph] = None, generic: bool = True) -> List[BridgeTag]:
+                 kind_graph: Optional[nx.DiGraph] = None) -> List[BridgeTag]:
     """Match every registered bridge pattern; return tags in graph order.
 
-    The generic rules (:data:`GENERIC_RULES`) run where no family pattern matched (and
-    ``generic`` is on).  A layer belongs to at most one bridge: overlapping matches keep the
+    The generic rules (:data:`GENERIC_RULES`) run where no family pattern matched (and no
+    ``patterns`` were named).  A layer belongs to at most one bridge: overlapping matches keep the
     first (in graph order of their output layer).
     """
     g = kind_graph if kind_graph is not None else build_kind_graph(gm)
@@ -511,7 +497,7 @@ def find_bridges(gm: fx.GraphModule, patterns: Optional[Sequence[str]] = None,
                                  | set(entries), key=order.get)
             candidates.append((p.name, p.direction(g, m), entries, output, [m[t] for t in _role(p, "reshape")]))
     tags = _resolve(gm, g, candidates, order)
-    if not tags and generic and patterns is None:
+    if not tags and patterns is None:
         candidates = []
         for rule in GENERIC_RULES.values():
             for f in rule.find(g):
@@ -530,8 +516,7 @@ def _resolve(gm: fx.GraphModule, g: nx.DiGraph, candidates: list, order: Dict[st
         if output in used:
             continue
         nodes = _block_nodes(gm, entries, output)
-        layer_set = [n for n in nodes if g.has_node(n) and g.nodes[n]["kind"] in (
-            Kind.CONV.value, Kind.LINEAR.value, Kind.MATMUL.value)]
+        layer_set = [n for n in nodes if g.has_node(n) and g.nodes[n]["kind"] in _LAYERS]
         if any(l in used for l in layer_set):
             continue
         reshape = []

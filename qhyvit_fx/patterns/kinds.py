@@ -240,8 +240,8 @@ def shape(node: fx.Node) -> Optional[tuple]:
 
 def rank(node: fx.Node) -> Optional[int]:
     """Rank of the tensor ``node`` produces (from the capture's tensor_meta), or None."""
-    tm = node.meta.get("tensor_meta")
-    return len(tm.shape) if tm is not None and hasattr(tm, "shape") else None
+    s = shape(node)
+    return None if s is None else len(s)
 
 
 def metadata_read(user: fx.Node) -> Optional[str]:
