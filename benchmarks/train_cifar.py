@@ -10,7 +10,12 @@ Recipe (the one behind qhyvit_fx/assets/mobilevit_xxs-cifar10.pth, 4 epochs, tes
 linear warm-up over min(1 epoch, 10 % of the steps) then cosine decay; seed 0; 2 threads.
 The checkpoint is {"state_dict", "meta"} (model, kwargs, img_size, mean, std, classes, epochs,
 test top-1), loadable with torch.load(weights_only=True) and by `qhyvit --weights`.  It is rewritten
-atomically after every epoch, so an interrupted run keeps the last finished epoch.
+atomically after every epoch, together with ``<out>.resume`` (optimizer, schedule and random-generator
+state); ``--resume`` continues an interrupted run from its last finished epoch with the same result
+as an uninterrupted one.
+
+    python benchmarks/train_cifar.py efficientformer_l1_64 --data ../shared/data/cifar10 \
+        --out benchmarks/weights/efficientformer_l1_64-cifar10.pth --epochs 20 --resume
 """
 from __future__ import annotations
 
@@ -73,6 +78,9 @@ def main():
     ap.add_argument("--wd", type=float, default=0.05)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--model-kwargs", default="{}", help='JSON, e.g. \'{"img_size": 64}\' for efficientformerv2')
+    ap.add_argument("--resume", action="store_true", help="continue from <out>.resume if it exists")
+    ap.add_argument("--stop-after", type=int, default=None,
+                    help="leave after this many epochs of the schedule (continue later with --resume)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -88,8 +96,22 @@ def main():
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))))
     gen = torch.Generator().manual_seed(0)
+    start = 0
+    state_path = a.out + ".resume"
+    if a.resume and os.path.exists(state_path):
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        if state["epochs"] != a.epochs:
+            sys.exit(f"{state_path} is for a {state['epochs']}-epoch schedule, not {a.epochs}; "
+                     f"pass --epochs {state['epochs']} or start a new --out")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        start = state["epochs_done"]
+        print(f"resumed from {state_path} after epoch {start}", flush=True)
     print(f"{a.model}: {len(xtr)} train / {len(xte)} test images, {per_epoch} steps x {a.epochs} epochs", flush=True)
-    for ep in range(a.epochs):
+    for ep in range(start, a.epochs):
         model.train()
         perm = torch.randperm(len(xtr), generator=gen)
         t0 = time.time()
@@ -111,6 +133,12 @@ def main():
         tmp = a.out + ".tmp"
         torch.save({"state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()}, "meta": meta}, tmp)
         os.replace(tmp, a.out)
+        torch.save({"epochs": a.epochs, "epochs_done": ep + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(), "generator": gen.get_state(),
+                    "torch_rng": torch.get_rng_state()}, tmp)
+        os.replace(tmp, state_path)
+        if a.stop_after is not None and ep + 1 >= a.stop_after:
+            break
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ def _timm():
     import timm
     timm.layers.set_fused_attn(False)
     from . import mobileformer  # noqa: F401  (registers mobileformer_* with timm)
+    from . import efficientformer_small  # noqa: F401  (registers efficientformer_l1_64 ... with timm)
     return timm
 
 
