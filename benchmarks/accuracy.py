@@ -89,7 +89,7 @@ def config_for(variant: str, bits: str):
     kernel = kw.pop("kernel", None)
     if kernel:
         kw["weight_range_bits"] = weight_range_bits(kernel, w)
-    return q.QConfig(w_bits=w, a_bits=a, **kw)
+    return q.QConfig.flat(w_bits=w, a_bits=a, **kw)
 
 
 def lookup(name, variant, bits, images: int):
@@ -98,13 +98,12 @@ def lookup(name, variant, bits, images: int):
     hit = cached("accuracy", {"model": name, "variant": variant, "bits": bits, "images": images})
     if hit is None:
         return None
-    old, new = dict(hit.get("config") or {}), config_for(variant, bits).to_dict()
-    if new["method"] == "qhyvit":
+    old, new = dict(hit.get("config") or {}), config_for(variant, bits).flat_dict()
+    old.update(old.pop("method_params", None) or {})  # cells recorded before methods owned their parameters
+    if new["method"] == "qhyvit":                     # are flat, and hold every method's parameters
         old.setdefault("calib_augment", "none")      # cells from before the option ran without augmentation
         old.setdefault("act_channel_beta", 1.2)      # ... and with the paper's grid for per-channel ranges
-    else:                                            # options only the qhyvit method reads
-        for k in ("calib_augment", "act_channel_beta", "act_channel_migrate", "search_outputs"):
-            old.pop(k, None), new.pop(k, None)
+    old = {k: v for k, v in old.items() if k in new}
     # cells from before output_bits / act_channel_migrate existed, where neither changes anything
     if not (old.get("target") == "ort" or old.get("quantize_outputs")) or old.get("a_bits") == 8:
         old.setdefault("output_bits", new["output_bits"])

@@ -82,7 +82,7 @@ def main():
     ap.add_argument("--bits", default="w8a8")
     ap.add_argument("--images", type=int, default=1000, help="held-out training images to score on")
     ap.add_argument("--sweep", type=int, default=4, help="layers to give the oracle sweep")
-    ap.add_argument("--config", default="{}", help='JSON object of further QConfig fields, e.g. \'{"act_channel_beta": 1.2}\'')
+    ap.add_argument("--config", default="{}", help='JSON object of further QConfig fields or qhyvit parameters, e.g. \'{"act_channel_beta": 1.2}\'')
     args = ap.parse_args()
     torch.set_num_threads(2)
     import torch.nn as nn
@@ -94,7 +94,7 @@ def main():
     fp = logits(lm.model, xs)
     w, a = parse_bits(args.bits)
     extra = json.loads(args.config)
-    pm = q.prepare(lm.model, calib[:1], q.QConfig(w_bits=w, a_bits=a, method="qhyvit", **extra))
+    pm = q.prepare(lm.model, calib[:1], q.QConfig.flat(w_bits=w, a_bits=a, method="qhyvit", **extra))
     q.calibrate(pm, calib)
     dec = pm.meta["qhyvit_decisions"]
 

@@ -55,7 +55,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="mobilevit_xxs")
     ap.add_argument("--images", type=int, default=2000)
-    ap.add_argument("--configs", required=True, help="JSON list of QConfig keyword dicts")
+    ap.add_argument("--configs", required=True, help="JSON list of QConfig.flat keyword dicts (core fields and method parameters)")
     ap.add_argument("--calib-images", type=int, default=32, help="training images to calibrate on (default 32)")
     ap.add_argument("--runtime", choices=("torch", "ort", "both"), default="torch",
                     help="score the fake-quant GraphModule (torch), the exported ONNX through onnxruntime's "
@@ -76,7 +76,7 @@ def main():
           f"{'those same images' if args.calib_on_eval else f'{len(calib)} other training images'}", flush=True)
     for c in json.loads(args.configs):
         t0 = time.time()
-        cfg = q.QConfig(**c)
+        cfg = q.QConfig.flat(**c)
         pm = q.prepare(lm.model, calib[:1], cfg)
         q.calibrate(pm, calib)
         qm = q.convert(pm)

@@ -21,18 +21,20 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Set, Tuple
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import QConfig
 from .modules import ActObserver, FakeQuantize, InputRecorder
 from .passes.annotate import ANNOTATION, QuantAnnotation, searched_layers
 from .patterns.kinds import Kind, classify, shape as node_shape
 from .search.problem import ActStats, MatmulProblem, WeightedLayerProblem
+
+if TYPE_CHECKING:
+    from .methods.params import SearchParams
 
 _IDENTITY_MODULES = (ActObserver, InputRecorder, nn.Identity)
 
@@ -326,14 +328,14 @@ class GradCollector(fx.Interpreter):
         return out
 
 
-def _grad2_chunk(prepared, quantized, x, fp_logits, wanted, cfg) -> Dict[str, torch.Tensor]:
+def _grad2_chunk(prepared, quantized, x, fp_logits, wanted, params) -> Dict[str, torch.Tensor]:
     """Squared-gradient weights (the Hessian diagonal estimate) at every wanted output.
 
     kl:     (dL/dO)^2, L = KL(softmax(fp) || softmax(q)) on the MinMax-quantized graph (the paper)
     fisher: sum over the most likely classes y of p_y (d log p_y / dO)^2 on the float graph, the
             diagonal of the Fisher information, i.e. of the Hessian of KL(fp || q) at q = fp
     """
-    if cfg.grad_source == "kl":
+    if params.grad_source == "kl":
         gc = GradCollector(quantized, wanted)
         q_logits = gc.run(x.clone().requires_grad_(True))
         loss = F.kl_div(F.log_softmax(q_logits, -1), F.log_softmax(fp_logits, -1), log_target=True,
@@ -344,7 +346,7 @@ def _grad2_chunk(prepared, quantized, x, fp_logits, wanted, cfg) -> Dict[str, to
     logits = gc.run(x.clone().requires_grad_(True))
     logp = F.log_softmax(logits, -1)
     p = logp.detach().exp()
-    k = min(cfg.fisher_classes, logits.shape[-1])
+    k = min(params.fisher_classes, logits.shape[-1])
     top = p.topk(k, -1).indices                                    # [n, k]
     acc: Dict[str, torch.Tensor] = {}
     outs = list(gc.kept.items())
@@ -364,21 +366,22 @@ def _grad2_chunk(prepared, quantized, x, fp_logits, wanted, cfg) -> Dict[str, to
 
 # ---- driver --------------------------------------------------------------------------------
 
-def _plan_for(n: fx.Node, kind: str, images: int, cfg: QConfig, name: str, example_batch: int) -> RowPlan:
+def _plan_for(n: fx.Node, kind: str, images: int, params: SearchParams, seed: int, name: str,
+              example_batch: int) -> RowPlan:
     # shapes were recorded on the example input: everything but the channel axis, divided by
     # the example's batch, is "per image" (dim 0 can hold several entries per image, e.g.
     # MobileViT's batch * patch area)
     shape = node_shape(n)
     if kind == "conv":
         per = int(shape[0] * math.prod(shape[2:])) // example_batch
-        return _plan("nchw", per, images, cfg.max_positions, cfg.seed, name)
+        return _plan("nchw", per, images, params.max_positions, seed, name)
     if kind == "linear":
         per = int(math.prod(shape[:-1])) // example_batch
-        return _plan("tokens", per, images, cfg.max_positions, cfg.seed, name)
+        return _plan("tokens", per, images, params.max_positions, seed, name)
     per = int(math.prod(shape[:-2])) // example_batch
     rows_per_mat = shape[-2]
-    limit = max(1, cfg.max_positions // max(1, rows_per_mat))
-    return _plan("matrices", per, images, limit, cfg.seed, name)
+    limit = max(1, params.max_positions // max(1, rows_per_mat))
+    return _plan("matrices", per, images, limit, seed, name)
 
 
 def augment_images(images: torch.Tensor, how: str) -> Tuple[torch.Tensor, int]:
@@ -391,15 +394,15 @@ def augment_images(images: torch.Tensor, how: str) -> Tuple[torch.Tensor, int]:
     raise ValueError(f"unknown calibration augmentation '{how}'")
 
 
-def collect(prepared: fx.GraphModule, quantized: fx.GraphModule, images: torch.Tensor, cfg: QConfig,
-            chunk: int = 8, progress: bool = False, copies: int = 1):
+def collect(prepared: fx.GraphModule, quantized: fx.GraphModule, images: torch.Tensor, params: SearchParams,
+            seed: int = 0, chunk: int = 8, progress: bool = False, copies: int = 1):
     """Run both passes; returns (records, bridge info) for :func:`build_problems`.  ``copies``:
     consecutive images that are views of one calibration image (see :func:`augment_images`)."""
     nodes = searched_layers(prepared)
     n_img = images.shape[0]
     n_src = n_img // copies
     example_batch = int(prepared.meta.get("qhyvit_example_shape", (1,))[0])
-    folds = cfg.cv_folds if cfg.act_cv and n_src >= 2 * cfg.cv_folds else 0
+    folds = params.cv_folds if params.act_cv and n_src >= 2 * params.cv_folds else 0
     # fold of every image: contiguous blocks of source images, so every fold holds n_src / folds of
     # them and all copies of an image (the validation images must be unseen, not mirrored)
     fold_of = ((torch.arange(n_img) // copies) * folds // n_src) if folds else torch.empty(0, dtype=torch.long)
@@ -407,14 +410,14 @@ def collect(prepared: fx.GraphModule, quantized: fx.GraphModule, images: torch.T
     for n in nodes:
         ann: QuantAnnotation = n.meta[ANNOTATION]
         k = len(ann.inputs)
-        records[n.name] = LayerRecord(n.name, ann, _plan_for(n, ann.kind, n_img, cfg, ann.layer, example_batch),
+        records[n.name] = LayerRecord(n.name, ann, _plan_for(n, ann.kind, n_img, params, seed, ann.layer, example_batch),
                                       inputs=[[] for _ in range(k)],
                                       stats=[[{} for _ in range(folds + 1)] for _ in range(k)])
     # bridges: members get the output's row plan, and tails
     by = {n.name: n for n in prepared.graph.nodes}
     tails: Dict[str, Tuple[Optional[Tail], str, str]] = {}
     extra: Dict[str, RowPlan] = {}
-    if cfg.bridge_objective:
+    if params.bridge_objective:
         for t in prepared.meta.get("qhyvit_bridges", []):
             out_rec = records.get(t.output)
             if out_rec is None:
@@ -453,7 +456,7 @@ def collect(prepared: fx.GraphModule, quantized: fx.GraphModule, images: torch.T
                 side_rows[s].append(r.clone())
             del rc
         with torch.enable_grad():
-            grads = _grad2_chunk(prepared, quantized, x, fp_logits, wanted, cfg)
+            grads = _grad2_chunk(prepared, quantized, x, fp_logits, wanted, params)
         for name, rec in records.items():
             if name in grads:
                 rec.grad.append(_rows_of(grads[name], rec.plan.kind, rec.plan.for_chunk(i0, i1)).clone())
@@ -495,7 +498,8 @@ def _damped(grad2: torch.Tensor, damping: float) -> torch.Tensor:
     return grad2 + damping * grad2.mean() if damping and grad2.numel() else grad2
 
 
-def build_problems(prepared: fx.GraphModule, records: Dict[str, LayerRecord], tails, side_rows, cfg: QConfig):
+def build_problems(prepared: fx.GraphModule, records: Dict[str, LayerRecord], tails, side_rows,
+                   params: SearchParams):
     """Turn records into FX-free search problems (see :mod:`qhyvit_fx.search.problem`)."""
     probs = {}
     info = {}
@@ -504,7 +508,7 @@ def build_problems(prepared: fx.GraphModule, records: Dict[str, LayerRecord], ta
         plan = rec.plan
         ins = [_cat(c) for c in rec.inputs]
         out = _cat(rec.out)
-        grad = _damped(_cat(rec.grad), cfg.grad_damping)
+        grad = _damped(_cat(rec.grad), params.grad_damping)
         stats = []
         for per in rec.stats:
             st = _stats(per[-1])
@@ -545,7 +549,7 @@ def build_problems(prepared: fx.GraphModule, records: Dict[str, LayerRecord], ta
                 tail_fn = tail_callable(tail, [side_rows[s] for s in tail.side])
                 layer_out = out
                 obj_out = _cat(orec.out)
-                obj_grad = _damped(_cat(orec.grad), cfg.grad_damping)
+                obj_grad = _damped(_cat(orec.grad), params.grad_damping)
                 info[ann.layer] = {"bridge_objective": f"output of {orec.ann.layer}"}
         probs[name] = WeightedLayerProblem(
             name=ann.layer, patches=ins[0], weight=w,
@@ -555,6 +559,6 @@ def build_problems(prepared: fx.GraphModule, records: Dict[str, LayerRecord], ta
             act_per_channel_ok=ann.input_axes.get(0) is not None or ann.input_migrate,
             act_migrate=ann.input_migrate, tail=tail_fn, layer_out_fp=layer_out,
             row_fold=fold_of[plan_rows.index // plan_rows.per_image] if fold_of.numel() else None,
-            o_spec=ann.output if cfg.search_outputs and searches_output(ann) else None, o_stats=o_stats,
+            o_spec=ann.output if params.search_outputs and searches_output(ann) else None, o_stats=o_stats,
             input_kinds=kinds)
     return probs, info

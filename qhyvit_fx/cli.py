@@ -130,8 +130,51 @@ def _config(args, w_bits: int, a_bits: int):
     return QConfig(w_bits=w_bits, a_bits=a_bits, method=args.method, calib_images=args.calib_images,
                    seed=args.seed, weight_range_bits=wrb, device=getattr(args, "device", "cpu"), progress=True,
                    target=args.target, a_scheme=args.act_scheme, mode=getattr(args, "mode", "partial"),
-                   calib_augment=getattr(args, "calib_augment", QConfig.calib_augment),
-                   act_channel_beta=getattr(args, "act_channel_beta", QConfig.act_channel_beta))
+                   method_params=_method_params(args, args.method))
+
+
+_PARAM_DEST = "method_param_"
+
+
+def _add_method_params(p) -> None:
+    """One flag per field of every method's params class (``--act-channel-beta`` ...), in one group;
+    a flag left out keeps the method's own default."""
+    import argparse
+    import dataclasses
+
+    from .methods import METHODS
+    owners, first = {}, {}
+    for name, method in METHODS.items():
+        for f in dataclasses.fields(method.params_class):
+            owners.setdefault(f.name, []).append(name)
+            first.setdefault(f.name, (f, method.params_class.field_types()[f.name]))
+    g = p.add_argument_group("method parameters", "each applies to the methods named in brackets")
+    for name, (f, typ) in first.items():
+        text = f.metadata.get("help", "").replace("%", "%%")
+        kw = dict(dest=_PARAM_DEST + name, default=None, metavar=name.upper(),
+                  help=f"[{', '.join(owners[name])}] {text} (default {f.default})")
+        if typ is bool:
+            kw.pop("metavar")
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = typ
+            if f.metadata.get("choices"):
+                kw["choices"] = f.metadata["choices"]
+        g.add_argument("--" + name.replace("_", "-"), **kw)
+
+
+def _method_params(args, method: str) -> dict:
+    """The method-parameter flags given on the command line, checked against ``method``'s params."""
+    from .methods import get_method, params_fields
+    given = {k[len(_PARAM_DEST):]: v for k, v in vars(args).items() if k.startswith(_PARAM_DEST) and v is not None}
+    own = params_fields(get_method(method).params_class)
+    foreign = sorted(set(given) - own)
+    if foreign:
+        flags = ", ".join("--" + k.replace("_", "-") for k in foreign)
+        raise UsageError(f"{flags} {'is not a parameter' if len(foreign) == 1 else 'are not parameters'} of "
+                         f"method '{method}'; drop {'it' if len(foreign) == 1 else 'them'} or choose a method "
+                         "that has it (see `qhyvit quantize --help`, group 'method parameters')")
+    return given
 
 
 def _calibrated(job: Job, args, lm, pre, w_bits, a_bits, log):
@@ -346,7 +389,6 @@ def _add_weight_format(p):
 
 
 def _add_quant(p):
-    from .config import CALIB_AUGMENTS, QConfig
     p.add_argument("--calib", help="folder of calibration images (train split)")
     p.add_argument("--calib-images", type=int, default=32, help="number of calibration images (default 32)")
     p.add_argument("--bits", default="w8a8", help="w8a8 | w6a6 | w4a8 | w4a4 | wNaM (default w8a8)")
@@ -357,12 +399,6 @@ def _add_quant(p):
                         "the inputs of norms, softmax, activations and residual adds (Table 2); integer: full "
                         "plus products, sigmoids (SiLU split into x*sigmoid(x)) and concats, each tensor "
                         "quantized once, so onnxruntime runs them as QLinear ops (fastest ONNX)")
-    p.add_argument("--calib-augment", default=QConfig.calib_augment, choices=CALIB_AUGMENTS,
-                   help="qhyvit search: flip also searches on each calibration image mirrored left-right "
-                        f"(twice the activation samples from the same images; default {QConfig.calib_augment})")
-    p.add_argument("--act-channel-beta", type=float, default=QConfig.act_channel_beta,
-                   help="qhyvit search: per-channel activation ranges may widen up to this multiple of the "
-                        f"calibration ranges (default {QConfig.act_channel_beta}; 1.2 = the paper's grid)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--kernel", default="auto", choices=("auto", "avx2", "vnni", "arm", "none"),
                    help="integer kernels the ONNX will run on: avx2 limits 8-bit weights to 7-bit codes so "
@@ -378,6 +414,7 @@ def _add_quant(p):
     p.add_argument("--device", default="cpu", help="device for the Q-HyViT search: cpu (default) or cuda")
     p.add_argument("--eval-images", type=int, default=None, help="evaluate on a seeded subset of this size")
     p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images (with a count)")
+    _add_method_params(p)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field, fields
-from typing import Dict, Optional, Tuple
+from dataclasses import dataclass, field, fields
+from typing import Any, Dict, Optional, Tuple
 
 from .quantizer import QSpec
 
@@ -12,7 +12,6 @@ SCHEMES = ("symmetric", "asymmetric")
 LAYER_POLICIES = ("quantize", "float", "8bit")
 MODES = ("partial", "full", "integer")
 TARGETS = ("fakequant", "ort")
-CALIB_AUGMENTS = ("none", "flip")
 
 
 class ConfigError(ValueError):
@@ -66,12 +65,19 @@ class QConfig:
     output quantizer, and every reader of a quantized tensor reads the
     quantized value, so onnxruntime runs adds, products, sigmoids, softmax
     and concats as QLinear ops and tensors stay in integers between layers.
+
+    Fields here are the ones every method reads.  What one method alone reads
+    is in ``method_params``, an instance of that method's params class
+    (:mod:`qhyvit_fx.methods.params`); ``QConfig(method="qhyvit",
+    method_params={"act_cv": False})`` overrides single defaults.
     """
 
     w_bits: int = 8
     a_bits: int = 8
     method: str = "minmax"
     mode: str = "partial"
+    target: str = "fakequant"          # 'ort': what onnxruntime runs in integer kernels -- per-tensor activations
+                                       # (scheme a_scheme, not searched), symmetric weights, Q/DQ on op outputs
     quantize_ops: Tuple[str, ...] = ("conv", "linear", "matmul")
     w_granularity: str = "channel"
     w_scheme: str = "symmetric"
@@ -79,8 +85,7 @@ class QConfig:
     a_scheme: str = "asymmetric"
     first_layer: str = "quantize"
     last_layer: str = "quantize"
-    target: str = "fakequant"          # 'ort': what onnxruntime runs in integer kernels -- per-tensor activations
-                                       # (scheme a_scheme, not searched), symmetric weights, Q/DQ on op outputs
+    layer_overrides: Dict[str, Dict] = field(default_factory=dict)
     quantize_outputs: bool = False     # Q/DQ also after each quantized op (always on with target='ort')
     output_bits: int = 8               # bits of a layer's output quantizer where a float op reads the output
                                        # (it exists only so that onnxruntime fuses QLinearConv / QGemm, whose
@@ -88,49 +93,24 @@ class QConfig:
                                        # next layer's input (after a ReLU, or tied to its reader) a_bits apply
     weight_range_bits: Optional[int] = None  # clamp weight codes to this many bits (7 for AVX2 u8s8 kernels)
     calib_images: int = 32
-    calib_batch: int = 8
     seed: int = 0
-    # Q-HyViT search
-    rounds: int = 3
-    round_tol: float = 1e-2            # a round improving the objective less than this ends the search
-    n_candidates: int = 100
-    alpha: float = 0.01
-    beta: float = 1.2
-    act_channel_beta: float = 3.0      # per-channel activation candidates go on, in steps of 0.1, up to this
-                                       # multiple of the calibration ranges (beta alone: the paper's grid).
-                                       # Per-channel ranges of 32 images underestimate what new images
-                                       # produce, most where a layer has few positions per image
-    search_outputs: bool = False       # search the scale of output quantizers (target ort) with the layer objective;
-                                       # off: their MinMax ranges (on held-out training images at W8A8 the searched
-                                       # ones raised KL by about 50 % on both MobileViTs)
-    act_channel_migrate: bool = True   # target ort, partial/full mode: per-channel input ranges stay a search
-                                       # choice on linears and unpadded ungrouped convs, deployed as per-channel
-                                       # codes read with one scale, the channel ratios moved into the weights
-    search_scale: bool = True
-    search_granularity: bool = True
-    search_scheme: bool = True
-    bridge_objective: bool = True
-    grad_source: str = "kl"            # kl: (dKL/dO)^2 at the MinMax-quantized graph (paper); fisher: diagonal
-                                       # Fisher of the float predictions, sum_y p_y (d log p_y / dO)^2
-    fisher_classes: int = 10           # most likely classes summed for the Fisher
-    grad_damping: float = 0.01         # g^2 + grad_damping * mean(g^2) per layer (as GPTQ damps its Hessian):
-                                       # outputs with zero gradient on the calibration images would make every
-                                       # clipping candidate free, and the search picked the smallest scale
-    act_cv: bool = True                # score activation candidates by K-fold validation over images
-    cv_folds: int = 4
-    calib_augment: str = "none"        # none: the paper's setting; flip: the search also sees every calibration
-                                       # image mirrored left-right (twice the activation samples, a pair stays in
-                                       # one fold). Off by default: +50 % calibration time, mixed on held-out data
-    bias_correction: bool = False      # remove each conv/linear's mean quantization shift (decisions: bias_delta)
-    max_positions: int = 4096          # sampled output positions per layer for the fast search
-    topk_verify: int = 4               # candidates scored on all sampled positions (successive halving)
-    coarse_rows: int = 256             # positions the first halving stage scores every candidate on
-    exhaustive: bool = False           # reference search: every candidate on every position
     device: str = "cpu"
     progress: bool = False             # tqdm bars during calibration / search
-    layer_overrides: Dict[str, Dict] = field(default_factory=dict)
+    # the method's own parameters: its ``params_class`` (``QHyViTParams``, ...), or a dict of
+    # overrides of that class's defaults; None: the defaults
+    method_params: Any = None
 
     def __post_init__(self):
+        from .methods import get_method          # methods import this module
+        self.quantize_ops = tuple(self.quantize_ops)
+        cls = get_method(self.method).params_class
+        if self.method_params is None:
+            self.method_params = cls()
+        elif isinstance(self.method_params, dict):
+            self.method_params = cls.from_dict(self.method_params, self.method)
+        elif type(self.method_params) is not cls:
+            raise ConfigError(f"method_params is a {type(self.method_params).__name__}, but method "
+                              f"'{self.method}' takes {cls.__name__}")
         self.validate()
 
     def validate(self) -> "QConfig":
@@ -154,19 +134,7 @@ class QConfig:
         if self.weight_range_bits is not None and not 2 <= self.weight_range_bits <= 8:
             raise ConfigError("weight_range_bits must be between 2 and 8")
         check_device(self.device)
-        if not self.grad_damping >= 0:
-            raise ConfigError(f"grad_damping={self.grad_damping!r} must be >= 0 (0 turns damping off)")
-        if self.calib_augment not in CALIB_AUGMENTS:
-            raise ConfigError(f"calib_augment={self.calib_augment!r} is not one of {', '.join(CALIB_AUGMENTS)}")
-        if self.grad_source not in ("kl", "fisher"):
-            raise ConfigError(f"grad_source={self.grad_source!r} is not one of kl, fisher")
-        if self.rounds < 1 or self.n_candidates < 1:
-            raise ConfigError("rounds and n_candidates must be at least 1")
-        if not 0 < self.alpha < self.beta:
-            raise ConfigError("need 0 < alpha < beta for the scale candidates")
-        if self.act_channel_beta < self.beta:
-            raise ConfigError(f"act_channel_beta={self.act_channel_beta} is below beta={self.beta}; "
-                              "set it to beta or more (beta: the paper's grid)")
+        self.method_params.validate()
         return self
 
     # ---- default specs ---------------------------------------------------------------------
@@ -182,17 +150,45 @@ class QConfig:
                      per_channel=self.a_granularity == "channel", axis=axis)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["quantize_ops"] = list(self.quantize_ops)
+        d["layer_overrides"] = {k: dict(v) for k, v in self.layer_overrides.items()}
+        d["method_params"] = self.method_params.to_dict()
+        return d
+
+    @classmethod
+    def flat(cls, **kw) -> "QConfig":
+        """A config from one flat set of keywords: core fields, and the method's parameters
+        (``QConfig.flat(method="qhyvit", w_bits=6, act_cv=False)``); a keyword that is neither
+        is an error naming the method's parameters."""
+        core = {f.name for f in fields(cls)}
+        params = {k: kw.pop(k) for k in list(kw) if k not in core}
+        if params and kw.get("method_params") is not None:
+            raise ConfigError("pass the method's parameters either in method_params or as keywords, not both")
+        return cls(**kw, method_params=params or kw.pop("method_params", None))
+
+    def flat_dict(self) -> dict:
+        """:meth:`to_dict` with the method's parameters inlined (the inverse of :meth:`flat`)."""
+        d = self.to_dict()
+        d.update(d.pop("method_params"))
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "QConfig":
+        """The inverse of :meth:`to_dict` (``QConfig.from_dict(c.to_dict()) == c``).  Also reads the
+        flat records of decisions files written before methods owned their parameters: a key the
+        method's params class has moves there, a key of another method's params is dropped."""
         known = {f.name for f in fields(cls)}
+        d = dict(d)
+        if "method_params" not in d:
+            from .methods import get_method, params_fields
+            own = {f for f in params_fields(get_method(d.get("method", "minmax")).params_class)}
+            d["method_params"] = {k: d.pop(k) for k in list(d) if k in own}
+            for k in [k for k in d if k not in known and k in params_fields()]:
+                d.pop(k)
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(f"unknown config keys {unknown}")
-        d = dict(d)
         if "quantize_ops" in d:
             d["quantize_ops"] = tuple(d["quantize_ops"])
         return cls(**d)

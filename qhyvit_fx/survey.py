@@ -144,8 +144,11 @@ def _other_method(model, x: torch.Tensor, method: str, calib_images: int, workdi
     stage = "prepare"
     try:
         # a structural check, not an accuracy one: one search round over a coarse grid
-        cfg = qhyvit_fx.QConfig(method=method, target="ort", calib_images=calib_images, rounds=1,
-                                n_candidates=20, max_positions=256, coarse_rows=64)
+        from .methods import SearchParams, get_method
+        fast = dict(rounds=1, n_candidates=20, max_positions=256, coarse_rows=64)
+        searched = issubclass(get_method(method).params_class, SearchParams)
+        cfg = qhyvit_fx.QConfig(method=method, target="ort", calib_images=calib_images,
+                                method_params=fast if searched else None)
         qm = qhyvit_fx.prepare(model, x[:1], cfg)
         stage = "calibrate"
         qhyvit_fx.calibrate(qm, torch.randn(calib_images, *x.shape[1:]))

@@ -130,15 +130,21 @@ def test_quantize_integer_mode_and_export_round_trip(tmp_path, capsys):
     assert [i.raw_data for i in a.graph.initializer] == [i.raw_data for i in b.graph.initializer]
 
 
-def test_calib_augment_flag_reaches_the_config():
-    from qhyvit_fx.cli import _config, build_parser
+def test_method_parameter_flags_reach_the_method_params():
+    from qhyvit_fx.cli import UsageError, _config, build_parser
     base = ["quantize", "--calib", "x", "--out", "o", "--method", "qhyvit"]
     args = build_parser().parse_args(base)
-    assert _config(args, 8, 8).calib_augment == "none"
+    assert _config(args, 8, 8).method_params.calib_augment == "none"
     args = build_parser().parse_args(base + ["--calib-augment", "flip"])
-    assert _config(args, 6, 6).calib_augment == "flip"
-    assert _config(args, 6, 6).act_channel_beta == 3.0
-    args = build_parser().parse_args(base + ["--act-channel-beta", "1.2"])
-    assert _config(args, 6, 6).act_channel_beta == 1.2
+    assert _config(args, 6, 6).method_params.calib_augment == "flip"
+    assert _config(args, 6, 6).method_params.act_channel_beta == 3.0
+    args = build_parser().parse_args(base + ["--act-channel-beta", "1.2", "--no-act-cv", "--rounds", "2"])
+    p = _config(args, 6, 6).method_params
+    assert (p.act_channel_beta, p.act_cv, p.rounds) == (1.2, False, 2)
     with pytest.raises(SystemExit):
         build_parser().parse_args(base + ["--calib-augment", "rotate"])
+    # a flag of another method's params is refused, naming the flag and the method
+    args = build_parser().parse_args(base[:-1] + ["easyquant", "--no-act-cv"])
+    with pytest.raises(UsageError, match="--act-cv is not a parameter of method 'easyquant'"):
+        _config(args, 8, 8)
+    assert _config(build_parser().parse_args(base[:-1] + ["easyquant", "--rounds", "5"]), 8, 8).method_params.rounds == 5

@@ -250,7 +250,7 @@ def test_migrated_per_channel_inputs_run_in_integer_kernels(tmp_path, tiny, tiny
     assert rep.integer_count == len(rep.ops) == 14
     _assert_ort_matches_torch(qm, path, min_agreement=0.95)
     # off: no migrated layer, every input per-tensor
-    pm = q.prepare(tiny, tiny_images[:1], q.QConfig(method="qhyvit", target="ort", act_channel_migrate=False))
+    pm = q.prepare(tiny, tiny_images[:1], q.QConfig.flat(method="qhyvit", target="ort", act_channel_migrate=False))
     q.calibrate(pm, tiny_images)
     assert all(d.input_migration is None and not any(qp.spec.per_channel for qp in d.inputs.values())
                for d in pm.meta["qhyvit_decisions"].layers.values())
@@ -294,7 +294,7 @@ def test_output_quantizers_keep_minmax_ranges_unless_searched(tiny, tiny_images)
     """search_outputs off (default): the output quantizers onnxruntime's fusions need keep their
     observed ranges, exactly MinMax's; on: the search may clip them."""
     def outputs(**kw):
-        pm = q.prepare(tiny, tiny_images[:1], q.QConfig(target="ort", **kw))
+        pm = q.prepare(tiny, tiny_images[:1], q.QConfig.flat(target="ort", **kw))
         q.calibrate(pm, tiny_images)
         return {d.layer: d.output for d in pm.meta["qhyvit_decisions"].layers.values()
                 if d.output is not None and "output_tied_to" not in d.info}

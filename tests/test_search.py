@@ -24,12 +24,12 @@ TIE_TOL = 0.02
 
 @pytest.fixture(scope="module")
 def problems(tiny, tiny_images):
-    cfg = q.QConfig(w_bits=6, a_bits=6, method="qhyvit", max_positions=100000)
+    cfg = q.QConfig.flat(w_bits=6, a_bits=6, method="qhyvit", max_positions=100000)
     pm = q.prepare(tiny, tiny_images[:1], cfg)
     pm(tiny_images)
     init = MinMax(cfg).decide(pm, None)
-    recs, tails, side = collect(pm, convert_graph(pm, init), tiny_images, cfg)
-    probs, _ = build_problems(pm, recs, tails, side, cfg)
+    recs, tails, side = collect(pm, convert_graph(pm, init), tiny_images, cfg.method_params, seed=cfg.seed)
+    probs, _ = build_problems(pm, recs, tails, side, cfg.method_params)
     return cfg, probs
 
 
@@ -97,7 +97,7 @@ def test_decisions_are_deterministic(tiny, tiny_images):
 
 
 def test_ablation_switches_restrict_the_choices(tiny, tiny_images):
-    cfg = q.QConfig(w_bits=6, a_bits=6, method="qhyvit", search_granularity=False, search_scheme=False)
+    cfg = q.QConfig.flat(w_bits=6, a_bits=6, method="qhyvit", search_granularity=False, search_scheme=False)
     pm = q.prepare(tiny, tiny_images[:1], cfg)
     q.calibrate(pm, tiny_images)
     for d in pm.meta["qhyvit_decisions"].layers.values():
@@ -106,7 +106,7 @@ def test_ablation_switches_restrict_the_choices(tiny, tiny_images):
         for qp in d.inputs.values():
             assert not qp.spec.per_channel and not qp.spec.symmetric
     # scale search off on the observers' own images (no mirrored copies) gives exactly MinMax
-    cfg = replace(cfg, search_scale=False, calib_augment="none")
+    cfg = replace(cfg, method_params=replace(cfg.method_params, search_scale=False, calib_augment="none"))
     pm = q.prepare(tiny, tiny_images[:1], cfg)
     q.calibrate(pm, tiny_images)
     mm = MinMax(cfg).decide(pm, None)
@@ -161,8 +161,9 @@ def test_device_plumbing(tiny, tiny_images):
     cfg = q.QConfig(method="qhyvit")
     pm = q.prepare(tiny, tiny_images[:1], cfg)
     pm(tiny_images)
-    recs, tails, side = collect(pm, convert_graph(pm, MinMax(cfg).decide(pm, None)), tiny_images, cfg)
-    probs, _ = build_problems(pm, recs, tails, side, cfg)
+    recs, tails, side = collect(pm, convert_graph(pm, MinMax(cfg).decide(pm, None)), tiny_images, cfg.method_params,
+                                 seed=cfg.seed)
+    probs, _ = build_problems(pm, recs, tails, side, cfg.method_params)
     p = next(v for v in probs.values() if not isinstance(v, MatmulProblem))
     moved = _to(p, "cpu")
     assert torch.equal(moved.patches, p.patches) and moved.act_stats.folds is not None
@@ -209,7 +210,7 @@ def test_search_handles_token_major_inputs_with_cross_validation():
     torch.manual_seed(0)
     m = _TokenMajor().eval()
     x = torch.randn(8, 3, 12, 12)
-    cfg = q.QConfig(w_bits=4, a_bits=4, method="qhyvit", act_cv=True, cv_folds=4, calib_batch=4, progress=False)
+    cfg = q.QConfig.flat(w_bits=4, a_bits=4, method="qhyvit", act_cv=True, cv_folds=4, calib_batch=4, progress=False)
     pm = q.prepare(m, x[:1], cfg)
     q.calibrate(pm, x)
     dec = pm.meta["qhyvit_decisions"]
@@ -275,26 +276,26 @@ def test_flip_augmentation_keeps_each_image_and_its_mirror_in_one_fold(tiny, tin
     assert copies == 2 and aug.shape == (12,) + tuple(x.shape[1:])
     assert torch.equal(aug[0::2], x) and torch.equal(aug[1::2], x.flip(-1))
     assert augment_images(x, "none")[0] is x
-    cfg = q.QConfig(w_bits=6, a_bits=6, method="qhyvit", calib_augment="flip", cv_folds=4)
+    cfg = q.QConfig.flat(w_bits=6, a_bits=6, method="qhyvit", calib_augment="flip", cv_folds=4)
     imgs = tiny_images[:8]
     pm = q.prepare(tiny, imgs[:1], cfg)
     pm(imgs)
     init = MinMax(cfg).decide(pm, None)
-    aug, copies = augment_images(imgs, cfg.calib_augment)
-    recs, _, _ = collect(pm, convert_graph(pm, init), aug, cfg, copies=copies)
+    aug, copies = augment_images(imgs, cfg.method_params.calib_augment)
+    recs, _, _ = collect(pm, convert_graph(pm, init), aug, cfg.method_params, seed=cfg.seed, copies=copies)
     fold_of = next(iter(recs.values())).fold_of
     assert fold_of.tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3]
     # and the whole method: decisions differ from the un-augmented search, the recorded count stays 8
     pm = q.prepare(tiny, imgs[:1], cfg)
     q.calibrate(pm, imgs)
     dec = pm.meta["qhyvit_decisions"]
-    plain = q.prepare(tiny, imgs[:1], replace(cfg, calib_augment="none"))
+    plain = q.prepare(tiny, imgs[:1], replace(cfg, method_params=replace(cfg.method_params, calib_augment="none")))
     q.calibrate(plain, imgs)
-    assert dec.meta["calib_images"] == 8 and dec.meta["search"]["calib_augment"] == "flip"
+    assert dec.meta["calib_images"] == 8 and dec.meta["config"]["method_params"]["calib_augment"] == "flip"
     assert dec.to_dict() != plain.meta["qhyvit_decisions"].to_dict()
     from qhyvit_fx.config import ConfigError
     with pytest.raises(ConfigError, match="calib_augment"):
-        q.QConfig(calib_augment="rotate")
+        q.QConfig.flat(method="qhyvit", calib_augment="rotate")
 
 
 def test_widened_channel_ranges_cover_what_new_images_bring():
@@ -305,7 +306,6 @@ def test_widened_channel_ranges_cover_what_new_images_bring():
     the search falls back to one per-tensor range); the widened grid reaches past them with per-
     channel ranges and scores better on the same validation folds."""
     from qhyvit_fx.config import ConfigError
-    from qhyvit_fx.methods.qhyvit import channel_fractions
     from qhyvit_fx.quantizer import QSpec
     from qhyvit_fx.search.hybrid import search_weighted
     from qhyvit_fx.search.problem import ActStats, SearchOptions, WeightedLayerProblem
@@ -328,18 +328,18 @@ def test_widened_channel_ranges_cover_what_new_images_bring():
         w_spec=QSpec(bits=8, symmetric=True, per_channel=True),
         a_spec=QSpec(bits=4, symmetric=False, signed=False, axis=1))
     cfg = q.QConfig(method="qhyvit")
-    assert torch.allclose(channel_fractions(cfg), torch.arange(13, 31) / 10)
-    assert channel_fractions(replace(cfg, act_channel_beta=cfg.beta)) is None
+    assert torch.allclose(cfg.method_params.channel_fractions(), torch.arange(13, 31) / 10)
+    assert replace(cfg.method_params, act_channel_beta=cfg.method_params.beta).channel_fractions() is None
     res, cv = {}, {}
-    for name, extra in (("narrow", None), ("wide", channel_fractions(cfg))):
+    for name, extra in (("narrow", None), ("wide", cfg.method_params.channel_fractions())):
         opts = SearchOptions(rounds=1, search_scheme=False, channel_fractions=extra)
         qp = search_weighted(p, opts).inputs[0]
         frac = float((qp.scale * (qp.spec.qmax - qp.spec.qmin) / (st.range(qp.spec.per_channel)[1])).mean())
         res[name] = (qp.spec.per_channel, round(frac, 1))
         wq = H._weight_cands(w, H._one(H._minmax_choice(*H.channel_minmax(w, 0), p.w_spec).qp))[0]
         cv[name] = float(H._act_errors(p, qp.spec, torch.tensor([frac]), wq, p.rows, opts)[0])
-    assert res["narrow"][0] is False or res["narrow"][1] <= cfg.beta
-    assert res["wide"][0] is True and res["wide"][1] > cfg.beta
+    assert res["narrow"][0] is False or res["narrow"][1] <= cfg.method_params.beta
+    assert res["wide"][0] is True and res["wide"][1] > cfg.method_params.beta
     assert cv["wide"] < 0.5 * cv["narrow"]
     with pytest.raises(ConfigError, match="act_channel_beta"):
-        q.QConfig(act_channel_beta=1.0)
+        q.QConfig.flat(method="qhyvit", act_channel_beta=1.0)

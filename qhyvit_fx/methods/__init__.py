@@ -3,7 +3,8 @@
 Register new methods with :func:`register_method`; the CLI's ``--method``
 and ``QConfig.method`` look them up here.
 """
-from .base import METHODS, Method, get_method, register_method  # noqa: F401
+from .base import METHODS, Method, get_method, params_fields, register_method  # noqa: F401
+from .params import MethodParams, SearchParams  # noqa: F401
 from . import minmax  # noqa: F401  (registers)
 from . import qhyvit  # noqa: F401,E402  (registers)
 from . import easyquant  # noqa: F401,E402  (registers)

@@ -9,6 +9,7 @@ import torch.fx as fx
 
 from ..config import ConfigError, QConfig
 from ..decisions import Decisions
+from .params import MethodParams
 
 METHODS: Dict[str, Type["Method"]] = {}
 
@@ -23,9 +24,11 @@ class Method:
 
     name = ""
     needs_images = False        # re-runs the graph on the recorded calibration images
+    params_class: Type[MethodParams] = MethodParams
 
     def __init__(self, config: QConfig):
         self.config = config
+        self.params = config.method_params
 
     def decide(self, prepared: fx.GraphModule, images: Optional[torch.Tensor]) -> Decisions:
         raise NotImplementedError
@@ -34,6 +37,13 @@ class Method:
 def register_method(cls: Type[Method]) -> Type[Method]:
     METHODS[cls.name] = cls
     return cls
+
+
+def params_fields(cls: Optional[Type[MethodParams]] = None) -> set:
+    """Field names of one params class, or of every registered method's."""
+    import dataclasses
+    classes = [cls] if cls is not None else [m.params_class for m in METHODS.values()]
+    return {f.name for c in classes for f in dataclasses.fields(c)}
 
 
 def get_method(name: str) -> Type[Method]:

@@ -1,11 +1,17 @@
 """EasyQuant baseline: per-layer scale search maximising output cosine similarity."""
 from __future__ import annotations
 
-import dataclasses
+from dataclasses import dataclass
 
 from ..search.easyquant import easyquant
 from .base import register_method
+from .params import SearchParams
 from .qhyvit import QHyViT
+
+
+@dataclass
+class EasyQuantParams(SearchParams):
+    """The shared search's rounds, candidates and row sampling; the cosine objective has no switches."""
 
 
 @register_method
@@ -18,11 +24,7 @@ class EasyQuant(QHyViT):
     [0.5, 1.2] x the MinMax scale (100 candidates) unless the config sets ``alpha``/``beta``."""
 
     name = "easyquant"
-
-    def __init__(self, config):
-        super().__init__(dataclasses.replace(config, act_channel_migrate=False, bridge_objective=False, act_cv=False,
-                                             bias_correction=False, calib_augment="none",
-                                             act_channel_beta=config.beta))
+    params_class = EasyQuantParams
 
     def search(self, p, opts):
         return easyquant(p, opts)

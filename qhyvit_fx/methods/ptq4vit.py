@@ -1,13 +1,19 @@
 """PTQ4ViT baseline: twin-uniform quantization and a Hessian-guided scale search."""
 from __future__ import annotations
 
-import dataclasses
+from dataclasses import dataclass
 
 from ..search.hybrid import LayerResult
 from ..search.nonuniform import input_role, objective, refine_input, twin_candidates
 from ..search.problem import MatmulProblem
 from .base import register_method
+from .params import SearchParams
 from .qhyvit import QHyViT
+
+
+@dataclass
+class PTQ4ViTParams(SearchParams):
+    """Scale only (granularity and scheme as annotated), Hessian-guided objective on the layer's own output."""
 
 
 @register_method
@@ -25,12 +31,7 @@ class PTQ4ViT(QHyViT):
     """
 
     name = "ptq4vit"
-
-    def __init__(self, config):
-        super().__init__(dataclasses.replace(config, act_channel_migrate=False, search_granularity=False, search_scheme=False,
-                                             bridge_objective=False, act_cv=False, bias_correction=False,
-                                             calib_augment="none",
-                                             act_channel_beta=config.beta))
+    params_class = PTQ4ViTParams
 
     def search(self, p, opts) -> LayerResult:
         res = super().search(p, opts)

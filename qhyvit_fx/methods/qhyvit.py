@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -12,11 +13,11 @@ from ..config import check_device as search_device
 from ..decisions import Decisions, LayerDecision
 from ..passes.annotate import ANNOTATION, quantized_layers, searched_layers
 from ..passes.convert import convert_graph
-from ..quantizer import candidate_fractions
 from ..search.hybrid import search_matmul, search_weighted
 from ..search.problem import MatmulProblem, SearchOptions
 from .base import Method, register_method
 from .minmax import MinMax
+from .params import CALIB_AUGMENTS, SearchParams, param
 
 
 def _to(obj, dev):
@@ -46,20 +47,42 @@ def _to(obj, dev):
     return obj
 
 
-def channel_fractions(cfg) -> Optional[torch.Tensor]:
-    """Fractions above beta, 0.1 apart, up to act_channel_beta (None when it equals beta)."""
-    n = int(round((cfg.act_channel_beta - cfg.beta) / 0.1))
-    if n < 1:
-        return None
-    return torch.tensor([cfg.beta + 0.1 * i for i in range(1, n + 1)], dtype=torch.float32)
+@dataclass
+class QHyViTParams(SearchParams):
+    """Q-HyViT's search (paper Algorithm 1) and the additions measured in benchmarks/RESULTS.md."""
+
+    act_channel_beta: float = param(3.0,
+        "per-channel activation candidates go on, in steps of 0.1, up to this multiple of the calibration "
+        "ranges (1.2 = beta, the paper's grid): ranges of 32 images underestimate what new images produce")
+    search_scale: bool = param(True, "search the scale (off: MinMax scales)")
+    search_granularity: bool = param(True, "search per-tensor vs per-channel")
+    search_scheme: bool = param(True, "search symmetric vs asymmetric")
+    search_outputs: bool = param(False,
+        "search output quantizers (target ort) with the layer objective; off: MinMax ranges (on held-out "
+        "training images at W8A8 searched ones raised KL by about 50 % on both MobileViTs)")
+    act_channel_migrate: bool = param(True,
+        "target ort, partial/full mode: per-channel input ranges stay a choice on linears and unpadded "
+        "ungrouped convs, deployed as per-channel codes read with one scale, the ratios moved into the weights")
+    bridge_objective: bool = param(True,
+        "bridge-block members are scored at the bridge output (paper); off: at their own output")
+    act_cv: bool = param(True, "score activation candidates by K-fold validation over images")
+    cv_folds: int = param(4, "folds of the activation validation")
+    calib_augment: str = param("none",
+        "flip: the search also sees every calibration image mirrored left-right (twice the activation "
+        "samples; +50 % calibration time, mixed on held-out data)", choices=CALIB_AUGMENTS)
+    bias_correction: bool = param(False,
+        "remove each conv/linear's mean quantization shift (decisions: bias_delta)")
 
 
 def search_options(cfg) -> SearchOptions:
-    return SearchOptions(channel_fractions=channel_fractions(cfg),
-        rounds=cfg.rounds, round_tol=cfg.round_tol, fractions=candidate_fractions(cfg.n_candidates, cfg.alpha, cfg.beta),
-        search_scale=cfg.search_scale, search_granularity=cfg.search_granularity, search_scheme=cfg.search_scheme,
-        weight_asym_ok=cfg.target != "ort", act_scheme_search=cfg.target != "ort", topk=cfg.topk_verify, exhaustive=cfg.exhaustive,
-        act_cv=cfg.act_cv, act_migrate=cfg.act_channel_migrate, coarse_rows=cfg.coarse_rows, bias_correction=cfg.bias_correction)
+    """The FX-free search's options for a config (its method's params and the target's limits)."""
+    p = cfg.method_params
+    return SearchOptions(channel_fractions=p.channel_fractions(),
+        rounds=p.rounds, round_tol=p.round_tol, fractions=p.fractions(),
+        search_scale=p.search_scale, search_granularity=p.search_granularity, search_scheme=p.search_scheme,
+        weight_asym_ok=cfg.target != "ort", act_scheme_search=cfg.target != "ort", topk=p.topk_verify,
+        exhaustive=p.exhaustive, act_cv=p.act_cv, act_migrate=p.act_channel_migrate, coarse_rows=p.coarse_rows,
+        bias_correction=p.bias_correction)
 
 
 @register_method
@@ -70,6 +93,7 @@ class QHyViT(Method):
 
     name = "qhyvit"
     needs_images = True
+    params_class = QHyViTParams
 
     def search(self, p, opts: SearchOptions):
         """One layer's problem -> LayerResult (the only step other search-based methods replace)."""
@@ -83,16 +107,16 @@ class QHyViT(Method):
         return {name: layers.get(name) or init.layers[name] for name in names}
 
     def decide(self, prepared: fx.GraphModule, images: Optional[torch.Tensor]) -> Decisions:
-        cfg = self.config
+        cfg, params = self.config, self.params
         torch.manual_seed(cfg.seed)
         t0 = time.time()
         init = MinMax(cfg).decide(prepared, None)
         quantized = convert_graph(prepared, init)
-        images, copies = augment_images(images, cfg.calib_augment)
-        records, tails, side = collect(prepared, quantized, images, cfg, chunk=cfg.calib_batch,
+        images, copies = augment_images(images, params.calib_augment)
+        records, tails, side = collect(prepared, quantized, images, params, seed=cfg.seed, chunk=params.calib_batch,
                                        progress=cfg.progress, copies=copies)
         del quantized
-        probs, info = build_problems(prepared, records, tails, side, cfg)
+        probs, info = build_problems(prepared, records, tails, side, params)
         del records
         t_collect = time.time() - t0
         opts = search_options(cfg)
@@ -123,10 +147,5 @@ class QHyViT(Method):
             layers[ann.layer] = d
         layers = self.finish(prepared, layers, init)
         meta = {"method": self.name, "seconds_collect": round(t_collect, 2),
-                "seconds_total": round(time.time() - t0, 2),
-                "search": {"rounds": cfg.rounds, "candidates": cfg.n_candidates + 1, "alpha": cfg.alpha,
-                           "beta": cfg.beta, "act_channel_beta": cfg.act_channel_beta, "granularity": cfg.search_granularity, "scheme": cfg.search_scheme,
-                           "scale": cfg.search_scale, "bridge_objective": cfg.bridge_objective,
-                           "grad_damping": cfg.grad_damping, "act_channel_migrate": cfg.act_channel_migrate, "calib_augment": cfg.calib_augment,
-                           "max_positions": cfg.max_positions, "exhaustive": cfg.exhaustive}}
+                "seconds_total": round(time.time() - t0, 2)}
         return Decisions(layers, meta)

@@ -211,7 +211,8 @@ def annotate(gm: fx.GraphModule, config: QConfig) -> fx.GraphModule:
             wspec = config.weight_spec(w_bits)
             if ort and not wspec.symmetric:
                 wspec = wspec.with_(symmetric=True, signed=True)
-            migrate = ort and config.act_channel_migrate and config.mode != "integer" \
+            # whether the kernels could run a migrated per-channel input; the method decides to use it
+            migrate = ort and config.mode != "integer" \
                 and migratable(node_module(gm, node)) and not _quantized_by_producer(gm, node.args[0])
             if migrate:
                 mig_axis = 1 if k == Kind.CONV else (r or 2) - 1
