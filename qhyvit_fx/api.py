@@ -65,7 +65,7 @@ def prepare(model: torch.nn.Module, example_inputs: Any, config: Optional[QConfi
     gm = fold_batchnorm(gm)
     gm = fold_scales(gm)
     gm = tag_bridges(gm)
-    if config.mode == "integer":
+    if config.mode_rules.integer_tensors:
         gm = decompose_silu(gm)
     gm = annotate(gm, config)
     gm = insert_observers(gm, record_images=config.calib_images if method.needs_images else 0)
@@ -134,14 +134,14 @@ def decide(qm: fx.GraphModule) -> Decisions:
         if images is None:
             raise CalibrationError("no calibration images were recorded; run data through the prepared model")
     decisions = method.decide(qm, images)
-    if config.mode == "integer":
+    if config.mode_rules.integer_tensors:
         _one_quantizer_per_tensor(qm, decisions)
     _tie_output_quantizers(qm, decisions)
     decisions.meta.setdefault("method", config.method)
     decisions.meta["w_bits"], decisions.meta["a_bits"] = config.w_bits, config.a_bits
     decisions.meta["target"] = config.target
     decisions.meta["mode"] = config.mode
-    decisions.meta["quantize_outputs"] = config.quantize_outputs or config.target == "ort"
+    decisions.meta["quantize_outputs"] = config.quantize_outputs or config.backend.fused_outputs
     decisions.meta["weight_range_bits"] = config.weight_range_bits
     decisions.meta["config"] = config.to_dict()      # `qhyvit export` re-prepares exactly this graph
     decisions.meta["calib_images"] = int(images.shape[0]) if images is not None else qm.meta.get("qhyvit_calib_count")

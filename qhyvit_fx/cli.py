@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import List, Optional
 
+from .backends import BACKENDS, MODES
+
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 DEFAULT_MODEL = "mobilevit_xxs"
 DEFAULT_WEIGHTS = os.path.join(ASSETS, "mobilevit_xxs-cifar10.pth")
@@ -178,7 +180,6 @@ def _method_params(args, method: str) -> dict:
 
 
 def _calibrated(job: Job, args, lm, pre, w_bits, a_bits, log):
-    import torch
     from . import api
     from .data import open_folder, stack_images
     cfg = _config(args, w_bits, a_bits)
@@ -207,7 +208,7 @@ def _ort_opt(cfg) -> bool:
     """Graph optimisations (integer kernels) only for deployment graphs: with --target fakequant
     activations may be per-channel, which onnxruntime's fused MatMulIntegerToFloat rejects at run
     time; unoptimised, onnxruntime runs the QDQ graph as float ops (the fake-quant numbers)."""
-    return cfg.target == "ort"
+    return cfg.backend.integer_kernels
 
 
 def _ort_label(cfg) -> str:
@@ -394,7 +395,7 @@ def _add_quant(p):
     p.add_argument("--bits", default="w8a8", help="w8a8 | w6a6 | w4a8 | w4a4 | wNaM (default w8a8)")
     p.add_argument("--method", default="minmax",
                    help="calibration method: minmax (default), qhyvit, easyquant, ptq4vit, repq-vit, fq-vit")
-    p.add_argument("--mode", default="partial", choices=("partial", "full", "integer"),
+    p.add_argument("--mode", default="partial", choices=tuple(MODES),
                    help="partial: conv/linear/matmul inputs and weights (paper Table 1, default); full: also "
                         "the inputs of norms, softmax, activations and residual adds (Table 2); integer: full "
                         "plus products, sigmoids (SiLU split into x*sigmoid(x)) and concats, each tensor "
@@ -403,10 +404,8 @@ def _add_quant(p):
     p.add_argument("--kernel", default="auto", choices=("auto", "avx2", "vnni", "arm", "none"),
                    help="integer kernels the ONNX will run on: avx2 limits 8-bit weights to 7-bit codes so "
                         "onnxruntime's u8s8 kernels cannot saturate (default: this CPU)")
-    p.add_argument("--target", default="ort", choices=("ort", "fakequant"),
-                   help="ort (default): only what onnxruntime runs in integer kernels (per-tensor activations, "
-                        "symmetric weights, Q/DQ on op outputs); fakequant: the paper's full search space "
-                        "(per-channel activations), for accuracy studies")
+    p.add_argument("--target", default="ort", choices=tuple(BACKENDS),
+                   help="; ".join(f"{b.name}: {b.description}" for b in BACKENDS.values()) + " (default: ort)")
     p.add_argument("--act-scheme", default="asymmetric", choices=("asymmetric", "symmetric"),
                    help="activation scheme with --target ort: asymmetric uint8 (onnxruntime x86) or symmetric "
                         "int8 with zero-point 0 (TensorRT style)")

@@ -5,13 +5,13 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Optional, Tuple
 
+from .backends import BACKENDS, MODES as _MODES, Backend, Mode, get_backend, get_mode
+from .patterns.kinds import LAYER_KINDS
 from .quantizer import QSpec
 
 GRANULARITIES = ("tensor", "channel")
 SCHEMES = ("symmetric", "asymmetric")
 LAYER_POLICIES = ("quantize", "float", "8bit")
-MODES = ("partial", "full", "integer")
-TARGETS = ("fakequant", "ort")
 
 
 class ConfigError(ValueError):
@@ -78,7 +78,7 @@ class QConfig:
     mode: str = "partial"
     target: str = "fakequant"          # 'ort': what onnxruntime runs in integer kernels -- per-tensor activations
                                        # (scheme a_scheme, not searched), symmetric weights, Q/DQ on op outputs
-    quantize_ops: Tuple[str, ...] = ("conv", "linear", "matmul")
+    quantize_ops: Tuple[str, ...] = LAYER_KINDS
     w_granularity: str = "channel"
     w_scheme: str = "symmetric"
     a_granularity: str = "tensor"
@@ -120,11 +120,11 @@ class QConfig:
                 raise ConfigError(f"{name}={b!r} is outside 2-8; choose an integer bit width from 2 to 8")
         for name, allowed in (("w_granularity", GRANULARITIES), ("a_granularity", GRANULARITIES),
                               ("w_scheme", SCHEMES), ("a_scheme", SCHEMES), ("first_layer", LAYER_POLICIES),
-                              ("last_layer", LAYER_POLICIES), ("mode", MODES), ("target", TARGETS)):
+                              ("last_layer", LAYER_POLICIES), ("mode", tuple(_MODES)), ("target", tuple(BACKENDS))):
             v = getattr(self, name)
             if v not in allowed:
                 raise ConfigError(f"{name}={v!r} is not one of {', '.join(allowed)}")
-        bad = [o for o in self.quantize_ops if o not in ("conv", "linear", "matmul")]
+        bad = [o for o in self.quantize_ops if o not in LAYER_KINDS]
         if bad:
             raise ConfigError(f"quantize_ops {bad} unknown; use a subset of conv, linear, matmul")
         if self.calib_images < 1:
@@ -136,6 +136,15 @@ class QConfig:
         check_device(self.device)
         self.method_params.validate()
         return self
+
+    @property
+    def backend(self) -> Backend:
+        """The target's rules (``qhyvit_fx.backends``): what its kernels run, where Q/DQ go."""
+        return get_backend(self.target)
+
+    @property
+    def mode_rules(self) -> Mode:
+        return get_mode(self.mode)
 
     # ---- default specs ---------------------------------------------------------------------
     def weight_spec(self, bits: Optional[int] = None) -> QSpec:

@@ -1,13 +1,12 @@
 """What ``qhyvit inspect`` reports: quantizable ops by kind, bridge blocks, layers."""
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
-import torch
 import torch.fx as fx
 
 from .patterns.bridges import find_bridges
-from .patterns.kinds import Kind, build_kind_graph, classify, layer_name, quantizable_nodes
+from .patterns.kinds import LAYER_KINDS, Kind, build_kind_graph, classify, layer_name, quantizable_nodes
 
 REPORTED_KINDS = ("conv", "linear", "matmul", "norm", "batchnorm", "softmax", "activation")
 
@@ -46,7 +45,7 @@ def graph_summary(gm: fx.GraphModule, model_name: str = "", img_size: Optional[i
         if decisions is not None and entry["name"] in decisions.layers:
             entry["decision"] = decisions.layers[entry["name"]].to_dict()
         layers.append(entry)
-    q = {k: counts[k] for k in ("conv", "linear", "matmul")}
+    q = {k: counts[k] for k in LAYER_KINDS}
     return {
         "model": model_name,
         "img_size": img_size,

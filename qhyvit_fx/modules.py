@@ -9,13 +9,13 @@ search can back-propagate through a quantized graph.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .quantizer import QParams, QSpec, channel_minmax, fake_quant, quant_dequant
+from .quantizer import QParams, channel_minmax, fake_quant, quant_dequant
 
 __all__ = ["ActObserver", "FakeQuantize", "MigratedQuantize", "NonUniformQuantize", "make_quantizer", "QuantConv2d", "QuantLinear",
            "InputRecorder"]

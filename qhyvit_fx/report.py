@@ -57,8 +57,8 @@ class _InputSampler(fx.Interpreter):
         self.kept: Dict[str, List[torch.Tensor]] = {}
 
     def call_module(self, target, args, kwargs):
-        from .calibration import _IDENTITY_MODULES
-        if isinstance(self.module.get_submodule(target), _IDENTITY_MODULES):
+        from .calibration import IDENTITY_MODULES
+        if isinstance(self.module.get_submodule(target), IDENTITY_MODULES):
             return args[0]
         return super().call_module(target, args, kwargs)
 

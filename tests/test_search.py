@@ -237,7 +237,7 @@ def test_damping_keeps_zero_gradient_channels_from_clipping_to_nothing():
     """An output channel whose gradient is zero on every calibration row makes every weight
     candidate tie at zero error; without damping the search took the smallest scale (1 % of the
     range) for it -- Mobile-Former's dynamic-ReLU failure."""
-    from qhyvit_fx.calibration import _damped
+    from qhyvit_fx.calibration import damped as _damped
     from qhyvit_fx.quantizer import QSpec, channel_minmax
     from qhyvit_fx.search.hybrid import search_weighted
     from qhyvit_fx.search.problem import ActStats, SearchOptions, WeightedLayerProblem

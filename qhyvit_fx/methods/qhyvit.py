@@ -76,11 +76,11 @@ class QHyViTParams(SearchParams):
 
 def search_options(cfg) -> SearchOptions:
     """The FX-free search's options for a config (its method's params and the target's limits)."""
-    p = cfg.method_params
+    p, backend = cfg.method_params, cfg.backend
     return SearchOptions(channel_fractions=p.channel_fractions(),
         rounds=p.rounds, round_tol=p.round_tol, fractions=p.fractions(),
         search_scale=p.search_scale, search_granularity=p.search_granularity, search_scheme=p.search_scheme,
-        weight_asym_ok=cfg.target != "ort", act_scheme_search=cfg.target != "ort", topk=p.topk_verify,
+        weight_asym_ok=backend.asymmetric_weights, act_scheme_search=backend.searchable_act_scheme, topk=p.topk_verify,
         exhaustive=p.exhaustive, act_cv=p.act_cv, act_migrate=p.act_channel_migrate, coarse_rows=p.coarse_rows,
         bias_correction=p.bias_correction)
 

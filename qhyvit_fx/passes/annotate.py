@@ -17,12 +17,11 @@ import torch.fx as fx
 import torch.nn as nn
 
 from ..config import QConfig
-from ..patterns.kinds import (Kind, activation_nodes, classify, is_tensor_node, layer_name, metadata_read,
+from ..patterns.kinds import (LAYER_KINDS, Kind, activation_nodes, classify, is_tensor_node, layer_name, metadata_read,
                               node_module, rank)
 from ..quantizer import QSpec
 
 ANNOTATION = "qhyvit_quant"
-LAYER_KINDS = ("conv", "linear", "matmul")            # weighted layers / matmuls: searched by methods
 FULL_KINDS = ("norm", "softmax", "activation", "add", "mul")  # full/integer mode: inputs quantized, MinMax ranges
 
 
@@ -172,7 +171,27 @@ def _full_mode_inputs(gm: fx.GraphModule, node: fx.Node, live: set, integer: boo
 
 
 def annotate(gm: fx.GraphModule, config: QConfig) -> fx.GraphModule:
-    ops = set(config.quantize_ops)
+    """Tag every node the config quantizes with a :class:`QuantAnnotation` (specs from the config,
+    axes and output quantizers from its backend, elementwise ops from its mode)."""
+    candidates = _weighted_candidates(gm, set(config.quantize_ops))
+    used = set()
+    for i, (node, k) in enumerate(candidates):
+        policy = _layer_policy(config, i, len(candidates))
+        if policy == "float":
+            continue
+        node.meta[ANNOTATION] = _weighted_annotation(gm, node, k, config, policy)
+        used.add(node.meta[ANNOTATION].layer)
+    if config.mode_rules.quantize_elementwise:
+        _annotate_elementwise(gm, config, used)
+    if config.mode_rules.integer_tensors:
+        _integer_outputs(gm, config)
+    gm.meta["qhyvit_config"] = config
+    return gm
+
+
+def _weighted_candidates(gm: fx.GraphModule, ops: set) -> List:
+    """(node, kind) of every conv / linear / matmul of the kinds in ``ops``, in graph order (old
+    annotations dropped)."""
     candidates = []
     for node in gm.graph.nodes:
         node.meta.pop(ANNOTATION, None)
@@ -183,93 +202,99 @@ def annotate(gm: fx.GraphModule, config: QConfig) -> fx.GraphModule:
             candidates.append((node, k))
         elif k == Kind.MATMUL and "matmul" in ops and len(node.args) >= 2:
             candidates.append((node, k))
-    ort = config.target == "ort"
-    used = set()
-    for i, (node, k) in enumerate(candidates):
-        policy = "quantize"
-        if i == 0:
-            policy = config.first_layer
-        if i == len(candidates) - 1:
-            policy = config.last_layer if policy == "quantize" else policy
-        if policy == "float":
+    return candidates
+
+
+def _layer_policy(config: QConfig, i: int, n: int) -> str:
+    policy = "quantize"
+    if i == 0:
+        policy = config.first_layer
+    if i == n - 1:
+        policy = config.last_layer if policy == "quantize" else policy
+    return policy
+
+
+def _weighted_annotation(gm: fx.GraphModule, node: fx.Node, k: Kind, config: QConfig,
+                         policy: str) -> QuantAnnotation:
+    backend = config.backend
+    w_bits = 8 if policy == "8bit" else config.w_bits
+    a_bits = 8 if policy == "8bit" else config.a_bits
+    name = layer_name(gm, node)
+    override = config.layer_overrides.get(name, {})
+    w_bits = int(override.get("w_bits", w_bits))
+    a_bits = int(override.get("a_bits", a_bits))
+    migrate, mig_axis = False, 0
+    if k == Kind.MATMUL:
+        idxs = [0, 1]
+        axes = {0: None, 1: None}
+        wspec = None
+    else:
+        idxs = [0]
+        r = rank(node.args[0])
+        axes = {0: None if r is None else backend.input_axis(1 if k == Kind.CONV else r - 1)}
+        wspec = backend.weight_spec(config.weight_spec(w_bits))
+        # whether the kernels could run a migrated per-channel input; the method decides to use it
+        migrate = backend.can_migrate(config.mode_rules) \
+            and migratable(node_module(gm, node)) and not _quantized_by_producer(gm, node.args[0])
+        if migrate:
+            mig_axis = 1 if k == Kind.CONV else (r or 2) - 1
+    inputs = {}
+    for j in idxs:
+        ax = axes[j]
+        spec = config.act_spec(a_bits, axis=ax if ax is not None else mig_axis)
+        if ax is None and spec.per_channel:
+            spec = spec.with_(per_channel=False, axis=0)
+        inputs[j] = spec
+    out_spec, after = _output_quantizer(gm, node, k, config, a_bits)
+    b = node.meta.get("qhyvit_bridge")
+    return QuantAnnotation(
+        layer=name, kind=k.value, weight=wspec, inputs=inputs, input_axes=axes, output=out_spec,
+        output_axis=None, output_after=after, bridge=b["id"] if b else None,
+        bridge_role=b["role"] if b else None,
+        producers={j: _producer(gm, node.args[j]) for j in idxs},
+        input_migrate=migrate)
+
+
+def _output_quantizer(gm: fx.GraphModule, node: fx.Node, k: Kind, config: QConfig, a_bits: int):
+    """(spec, node it sits after) of a weighted layer's output quantizer; (None, None) for none.
+
+    onnxruntime's QLinearConv and QGemm need Q/DQ on the op output too (``backend.fused_outputs``);
+    its matmul kernels (MatMulIntegerToFloat, QLinearMatMul) run in integers without one, so token
+    linears and attention matmuls get no extra output quantizer ... except a bias-free token linear
+    read by a ReLU (MetaFormer's StarReLU MLPs): onnxruntime 1.32 leaves that MatMul in float; with
+    Q/DQ on its output it runs as QLinearMatMul."""
+    r = rank(node)
+    bare_relu = (k == Kind.LINEAR and r != 2 and getattr(node_module(gm, node), "bias", 0) is None
+                 and _clipping_activation(gm, node) is not None)
+    needs_out = k == Kind.CONV or (k == Kind.LINEAR and r == 2) or bare_relu
+    if not (config.quantize_outputs or (config.backend.fused_outputs and needs_out)):
+        return None, None
+    after = None if bare_relu else _clipping_activation(gm, node)
+    # after a ReLU the output quantizer is also the next layer's input quantizer: a_bits;
+    # on the raw output a float op reads it, and the kernel's u8 output costs the same at 8 bits
+    out_bits = a_bits if after is not None else max(a_bits, config.output_bits)
+    return config.act_spec(out_bits).with_(per_channel=False, axis=0), after
+
+
+def _annotate_elementwise(gm: fx.GraphModule, config: QConfig, used: set) -> None:
+    """Full and integer mode: input quantizers of norms, softmax, activations and adds."""
+    live = activation_nodes(gm)
+    for node in gm.graph.nodes:
+        if ANNOTATION in node.meta:
             continue
-        w_bits = 8 if policy == "8bit" else config.w_bits
-        a_bits = 8 if policy == "8bit" else config.a_bits
+        found = _full_mode_inputs(gm, node, live, integer=config.mode_rules.integer_tensors)
+        if found is None:
+            continue
+        kind, idxs, axes = found
         name = layer_name(gm, node)
-        override = config.layer_overrides.get(name, {})
-        w_bits = int(override.get("w_bits", w_bits))
-        a_bits = int(override.get("a_bits", a_bits))
-        migrate, mig_axis = False, 0
-        if k == Kind.MATMUL:
-            idxs = [0, 1]
-            axes = {0: None, 1: None}
-            wspec = None
-        else:
-            idxs = [0]
-            r = rank(node.args[0])
-            axes = {0: None if ort or r is None else (1 if k == Kind.CONV else r - 1)}
-            wspec = config.weight_spec(w_bits)
-            if ort and not wspec.symmetric:
-                wspec = wspec.with_(symmetric=True, signed=True)
-            # whether the kernels could run a migrated per-channel input; the method decides to use it
-            migrate = ort and config.mode != "integer" \
-                and migratable(node_module(gm, node)) and not _quantized_by_producer(gm, node.args[0])
-            if migrate:
-                mig_axis = 1 if k == Kind.CONV else (r or 2) - 1
-        inputs = {}
-        for j in idxs:
-            ax = axes[j]
-            spec = config.act_spec(a_bits, axis=ax if ax is not None else mig_axis)
-            if ax is None and spec.per_channel:
-                spec = spec.with_(per_channel=False, axis=0)
-            inputs[j] = spec
-        out_spec, out_axis = None, None
-        # onnxruntime's QLinearConv and QGemm need Q/DQ on the op output too; its matmul kernels
-        # (MatMulIntegerToFloat, QLinearMatMul) run in integers without one, so token linears and
-        # attention matmuls get no extra output quantizer
-        r = rank(node)
-        # ... except a bias-free token linear read by a ReLU (MetaFormer's StarReLU MLPs): onnxruntime
-        # 1.32 leaves that MatMul in float; with Q/DQ on its output it runs as QLinearMatMul
-        bare_relu = (k == Kind.LINEAR and r != 2 and getattr(node_module(gm, node), "bias", 0) is None
-                     and _clipping_activation(gm, node) is not None)
-        needs_out = k == Kind.CONV or (k == Kind.LINEAR and r == 2) or bare_relu
-        after = None
-        if config.quantize_outputs or (ort and needs_out):
-            after = None if bare_relu else _clipping_activation(gm, node)
-            # after a ReLU the output quantizer is also the next layer's input quantizer: a_bits;
-            # on the raw output a float op reads it, and the kernel's u8 output costs the same at 8 bits
-            out_bits = a_bits if after is not None else max(a_bits, config.output_bits)
-            out_spec = config.act_spec(out_bits).with_(per_channel=False, axis=0)
+        name = node.name if name in used else name      # a module called twice: one entry per call
+        used.add(name)
+        inputs = {j: config.act_spec(config.a_bits).with_(per_channel=False, axis=0) for j in idxs}
         b = node.meta.get("qhyvit_bridge")
         node.meta[ANNOTATION] = QuantAnnotation(
-            layer=name, kind=k.value, weight=wspec, inputs=inputs, input_axes=axes, output=out_spec,
-            output_axis=out_axis, output_after=after, bridge=b["id"] if b else None,
-            bridge_role=b["role"] if b else None,
-            producers={j: _producer(gm, node.args[j]) for j in idxs},
-            input_migrate=migrate)
-        used.add(name)
-    if config.mode in ("full", "integer"):
-        live = activation_nodes(gm)
-        for node in gm.graph.nodes:
-            if ANNOTATION in node.meta:
-                continue
-            found = _full_mode_inputs(gm, node, live, integer=config.mode == "integer")
-            if found is None:
-                continue
-            kind, idxs, axes = found
-            name = layer_name(gm, node)
-            name = node.name if name in used else name      # a module called twice: one entry per call
-            used.add(name)
-            inputs = {j: config.act_spec(config.a_bits).with_(per_channel=False, axis=0) for j in idxs}
-            b = node.meta.get("qhyvit_bridge")
-            node.meta[ANNOTATION] = QuantAnnotation(
-                layer=name, kind=kind, weight=None, inputs=inputs, input_axes=axes,
-                bridge=b["id"] if b else None, bridge_role=b["role"] if b else None,
-                producers={j: _producer(gm, node.args[j]) for j in idxs})
-    if config.mode == "integer":
-        _integer_outputs(gm, config)
-    gm.meta["qhyvit_config"] = config
-    return gm
+            layer=name, kind=kind, weight=None, inputs=inputs, input_axes=axes,
+            bridge=b["id"] if b else None, bridge_role=b["role"] if b else None,
+            producers={j: _producer(gm, node.args[j]) for j in idxs})
 
 
 def _float_reader(gm: fx.GraphModule, node: fx.Node) -> bool:

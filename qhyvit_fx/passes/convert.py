@@ -35,7 +35,7 @@ def _reparameterise(gm: fx.GraphModule, node: fx.Node, layer: str, rp: dict) -> 
     try:
         norm = gm.get_submodule(rp["norm"])
     except AttributeError:
-        raise DecisionsError(f"layer '{layer}': reparam names the norm '{rp['norm']}', which the model lacks")
+        raise DecisionsError(f"layer '{layer}': reparam names the norm '{rp['norm']}', which the model lacks") from None
     mod = gm.get_submodule(node.target)
     r, t = rp["in_scale"].float(), rp["in_shift"].float()
     if not isinstance(mod, (nn.Linear, nn.Conv2d)) or (isinstance(mod, nn.Conv2d) and mod.groups != 1):
@@ -90,20 +90,16 @@ def _zero_point_bias(q: nn.Module, qp: QParams, dq_scale: float, dq_zero_point: 
 
 
 def convert_graph(prepared: fx.GraphModule, decisions: Decisions) -> fx.GraphModule:
+    """Apply ``decisions`` to a copy of ``prepared``.  Weight rewrites are data of the decisions
+    (``reparam``, ``input_migration``, ``bias_delta``), so an edited or saved decisions file converts
+    the same way without the method that wrote it."""
     gm = copy.deepcopy(prepared)
     g = gm.graph
     for node in list(g.nodes):
         if node.op == "call_module" and node.target == RECORDER:
             node.replace_all_uses_with(node.args[0])
             g.erase_node(node)
-    annotated = {n.meta[ANNOTATION].layer for n in g.nodes if ANNOTATION in n.meta}
-    extra = [name for name in decisions.layers if name not in annotated]
-    if extra:
-        mode = decisions.meta.get("mode")
-        raise DecisionsError(f"the decisions name {len(extra)} layer(s) this prepared model does not quantize "
-                             f"(first: '{extra[0]}'); they were made "
-                             + (f"in mode '{mode}': prepare with QConfig(mode='{mode}')" if mode else
-                                "for another model or mode") + " or re-run calibration")
+    _check_layers_match(g, decisions)
     for node in list(g.nodes):
         ann = node.meta.get(ANNOTATION)
         if ann is None:
@@ -120,54 +116,76 @@ def convert_graph(prepared: fx.GraphModule, decisions: Decisions) -> fx.GraphMod
                 raise DecisionsError(f"layer '{ann.layer}': input_migration needs a quantized weight to move into")
             dq_scale = _migrated_read(ann.layer, d.inputs.get(0), d.input_migration)
         if ann.weight is not None and d.weight is not None:
-            mod = gm.get_submodule(node.target)
-            _check_channels(ann.layer, "weight", d.weight, mod.weight.shape[0])
-            if d.weight.spec.per_channel and d.weight.spec.axis != 0:
-                raise DecisionsError(f"layer '{ann.layer}': weight channels are on axis 0")
-            if dq_scale is not None:
-                if not migratable(mod):
-                    raise DecisionsError(f"layer '{ann.layer}': input_migration needs a linear or an ungrouped "
-                                         "conv without padding")
-                if d.input_migration.numel() != mod.weight.shape[1]:
-                    raise DecisionsError(f"layer '{ann.layer}': input_migration has {d.input_migration.numel()} "
-                                         f"values for {mod.weight.shape[1]} input channels")
-                mod = _scaled_input_channels(mod, d.input_migration)
-            q = QuantConv2d(mod, d.weight) if isinstance(mod, nn.Conv2d) else QuantLinear(mod, d.weight)
-            if dq_scale is not None:
-                _zero_point_bias(q, d.inputs[0], dq_scale, 0)
-            if d.bias_delta is not None:
-                if d.bias_delta.numel() != mod.weight.shape[0]:
-                    raise DecisionsError(f"layer '{ann.layer}': bias_delta has {d.bias_delta.numel()} values "
-                                         f"but the layer has {mod.weight.shape[0]} output channels")
-                base = q.bias.detach() if q.bias is not None else torch.zeros(mod.weight.shape[0])
-                q.bias = nn.Parameter(base + d.bias_delta, requires_grad=False)
-            gm.add_submodule(node.target, q)
+            gm.add_submodule(node.target, _quantized_layer(gm.get_submodule(node.target), ann.layer, d, dq_scale))
         for slot, obs_name in ann.observers.items():
-            obs_node = next(n for n in g.nodes if n.op == "call_module" and n.target == obs_name)
-            qp = d.output if slot == "out" else d.inputs.get(int(slot[2:]))
-            if qp is None:
-                obs_node.replace_all_uses_with(obs_node.args[0])
-                g.erase_node(obs_node)
-                continue
-            shape = node_shape(obs_node)
-            axis = None
-            if qp.spec.per_channel:
-                axis = qp.spec.axis
-                if shape is None or not -len(shape) <= axis < len(shape):
-                    raise DecisionsError(f"layer '{ann.layer}' {slot}: per-channel axis {axis} is invalid")
-                axis = axis % len(shape)
-                _check_channels(ann.layer, slot, qp, shape[axis])
-            if slot == "in0" and dq_scale is not None:
-                gm.add_submodule(obs_name, MigratedQuantize(qp, axis, dq_scale))
-            else:
-                gm.add_submodule(obs_name, make_quantizer(qp, axis=axis))
+            _place_quantizer(gm, ann.layer, slot, obs_name, d, dq_scale)
     g.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
     gm = share_quantizers(gm)
     config = prepared.meta.get("qhyvit_config")
-    if config is not None and config.mode == "integer":
+    if config is not None and config.mode_rules.integer_tensors:
         gm = quantize_every_use(gm)
     gm.meta["qhyvit_decisions"] = decisions
     gm.meta["qhyvit_converted"] = True
     return gm
+
+
+def _check_layers_match(g: fx.Graph, decisions: Decisions) -> None:
+    annotated = {n.meta[ANNOTATION].layer for n in g.nodes if ANNOTATION in n.meta}
+    extra = [name for name in decisions.layers if name not in annotated]
+    if extra:
+        mode = decisions.meta.get("mode")
+        raise DecisionsError(f"the decisions name {len(extra)} layer(s) this prepared model does not quantize "
+                             f"(first: '{extra[0]}'); they were made "
+                             + (f"in mode '{mode}': prepare with QConfig(mode='{mode}')" if mode else
+                                "for another model or mode") + " or re-run calibration")
+
+
+def _quantized_layer(mod: nn.Module, layer: str, d, dq_scale: Optional[float]) -> nn.Module:
+    """The weight-quantized replacement of a conv / linear (input migration and bias_delta applied)."""
+    _check_channels(layer, "weight", d.weight, mod.weight.shape[0])
+    if d.weight.spec.per_channel and d.weight.spec.axis != 0:
+        raise DecisionsError(f"layer '{layer}': weight channels are on axis 0")
+    if dq_scale is not None:
+        if not migratable(mod):
+            raise DecisionsError(f"layer '{layer}': input_migration needs a linear or an ungrouped "
+                                 "conv without padding")
+        if d.input_migration.numel() != mod.weight.shape[1]:
+            raise DecisionsError(f"layer '{layer}': input_migration has {d.input_migration.numel()} "
+                                 f"values for {mod.weight.shape[1]} input channels")
+        mod = _scaled_input_channels(mod, d.input_migration)
+    q = QuantConv2d(mod, d.weight) if isinstance(mod, nn.Conv2d) else QuantLinear(mod, d.weight)
+    if dq_scale is not None:
+        _zero_point_bias(q, d.inputs[0], dq_scale, 0)
+    if d.bias_delta is not None:
+        if d.bias_delta.numel() != mod.weight.shape[0]:
+            raise DecisionsError(f"layer '{layer}': bias_delta has {d.bias_delta.numel()} values "
+                                 f"but the layer has {mod.weight.shape[0]} output channels")
+        base = q.bias.detach() if q.bias is not None else torch.zeros(mod.weight.shape[0])
+        q.bias = nn.Parameter(base + d.bias_delta, requires_grad=False)
+    return q
+
+
+def _place_quantizer(gm: fx.GraphModule, layer: str, slot: str, obs_name: str, d,
+                     dq_scale: Optional[float]) -> None:
+    """The observer ``obs_name`` becomes the decided quantizer of ``slot``, or goes (no decision)."""
+    g = gm.graph
+    obs_node = next(n for n in g.nodes if n.op == "call_module" and n.target == obs_name)
+    qp = d.output if slot == "out" else d.inputs.get(int(slot[2:]))
+    if qp is None:
+        obs_node.replace_all_uses_with(obs_node.args[0])
+        g.erase_node(obs_node)
+        return
+    shape = node_shape(obs_node)
+    axis = None
+    if qp.spec.per_channel:
+        axis = qp.spec.axis
+        if shape is None or not -len(shape) <= axis < len(shape):
+            raise DecisionsError(f"layer '{layer}' {slot}: per-channel axis {axis} is invalid")
+        axis = axis % len(shape)
+        _check_channels(layer, slot, qp, shape[axis])
+    if slot == "in0" and dq_scale is not None:
+        gm.add_submodule(obs_name, MigratedQuantize(qp, axis, dq_scale))
+    else:
+        gm.add_submodule(obs_name, make_quantizer(qp, axis=axis))

@@ -43,6 +43,7 @@ class Kind(str, enum.Enum):
 
 
 QUANTIZABLE = (Kind.CONV, Kind.LINEAR, Kind.MATMUL)
+LAYER_KINDS = tuple(k.value for k in QUANTIZABLE)   # "conv", "linear", "matmul": what methods search
 
 _CONV_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORM_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d)
@@ -262,7 +263,7 @@ def quantizable_nodes(gm: fx.GraphModule) -> List[fx.Node]:
 
 def layer_name(gm: fx.GraphModule, node: fx.Node) -> str:
     """Human name of a layer: module path for call_module, else the node name."""
-    return node.meta.get("qhyvit_layer") or (node.target if node.op == "call_module" else node.name)
+    return node.target if node.op == "call_module" else node.name
 
 
 def count_kinds(gm: fx.GraphModule, nodes: Optional[Iterable[fx.Node]] = None) -> Dict[str, int]:

@@ -24,7 +24,7 @@ Approximate speed-up (checked against the exhaustive search in the tests):
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -404,7 +404,6 @@ def _mm_err(prob: MatmulProblem, which: int, qp: QParams, other_q: torch.Tensor,
 def _search_mm(prob: MatmulProblem, which: int, other_q: torch.Tensor, cur: Optional[Choice], opts: SearchOptions,
                stats: dict) -> Choice:
     f = _fractions(opts)
-    x = prob.a if which == 0 else prob.b
     combos = _combos(prob.specs[which], opts if opts.act_scheme_search else replace(opts, search_scheme=False),
                      per_channel_ok=False, asym_ok=not prob.specs[which].symmetric or opts.act_scheme_search,
                      asym_signed=False)

@@ -11,7 +11,7 @@ the full set gives the exact value.  ``g`` is dL/dO at the objective output
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, List, Optional
 
 import torch
