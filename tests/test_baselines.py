@@ -88,7 +88,7 @@ def test_easyquant_end_to_end(tiny, tiny_images):
 
 # ---- PTQ4ViT / RepQ-ViT / FQ-ViT quantizers --------------------------------------------------
 
-from qhyvit_fx.quantizer import QParams, log_quant, ptf_params, quant_dequant, twin_uniform_quant  # noqa: E402
+from qhyvit_fx.quantizer import log_quant, ptf_params, quant_dequant, twin_uniform_quant  # noqa: E402
 from qhyvit_fx.search import nonuniform as NU  # noqa: E402
 
 
