@@ -25,12 +25,11 @@ import sys
 import subprocess
 import time
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import CACHE, CIFAR_MODELS, IMAGENET_CONTROL, RESULTS, cached, load, splits, store, write_json  # noqa: E402
-from accuracy import metrics, run_model  # noqa: E402
+from common import (CACHE, CIFAR_MODELS, IMAGENET_CONTROL, RESULTS, cached, load, metrics, quantize,  # noqa: E402
+                    run_model, splits, store, write_json)
 
 
 def export_fp32(model, x, path):
@@ -103,9 +102,7 @@ def build(kind, name, lm, calib, d):
     cfg = q.QConfig(w_bits=8, a_bits=8, method=method, target="ort", mode=mode,
                     weight_range_bits=weight_range_bits("auto", 8))
     t = time.time()
-    pm = q.prepare(lm.model, calib[:1], cfg)
-    q.calibrate(pm, calib)
-    qm = q.convert(pm)
+    _, qm = quantize(lm.model, calib, cfg)
     path = os.path.join(d, f"{kind}.onnx")
     export_onnx(qm, path)
     return path, {"calib_seconds": round(time.time() - t, 1), "weight_range_bits": cfg.weight_range_bits,

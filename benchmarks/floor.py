@@ -32,8 +32,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import RESULTS, write_json  # noqa: E402
-from holdout import holdout, logits  # noqa: E402
+from common import RESULTS, holdout, logits, write_json  # noqa: E402
 
 CLIPS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
 CHANNEL_CLIPS = (0.9, 1.0, 1.2, 1.5, 2.0)

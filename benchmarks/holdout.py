@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import sys
 import tempfile
 import time
@@ -30,25 +29,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import SHARED, load  # noqa: E402
-
-
-def holdout(name: str, n: int, calib_images: int = 32):
-    from qhyvit_fx.data import ImageDataset, open_folder, scan_folder, stack_images
-    lm, pre = load(name)
-    root = os.path.join(SHARED, "data", "cifar10", "train")
-    calib = open_folder(root, pre, limit=calib_images, seed=0)
-    used = {path for path, _ in calib.samples}
-    rest = [s for s in scan_folder(root)[0] if s[0] not in used]
-    ev = ImageDataset([rest[i] for i in sorted(random.Random(123).sample(range(len(rest)), n))], pre.transform())
-    xs = torch.stack([ev[i][0] for i in range(len(ev))])
-    ys = torch.tensor([ev[i][1] for i in range(len(ev))])
-    return lm, stack_images(calib), xs, ys
-
-
-def logits(fn, xs: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([fn(xs[i:i + 250]).float() for i in range(0, len(xs), 250)])
+from common import holdout, logits, quantize  # noqa: E402
 
 
 def main():
@@ -77,9 +58,7 @@ def main():
     for c in json.loads(args.configs):
         t0 = time.time()
         cfg = q.QConfig.flat(**c)
-        pm = q.prepare(lm.model, calib[:1], cfg)
-        q.calibrate(pm, calib)
-        qm = q.convert(pm)
+        _, qm = quantize(lm.model, calib, cfg)
         scores = []
         if args.runtime in ("torch", "both"):
             scores.append(("torch", Metrics("").update(logits(qm, xs), fp, ys)))

@@ -28,8 +28,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from accuracy import cell, lookup, metrics, run_model  # noqa: E402
-from common import CIFAR_MODELS, HERE, IMAGENET_CONTROL, RESULTS, load, splits, write_json  # noqa: E402
+from common import (CIFAR_MODELS, HERE, IMAGENET_CONTROL, RESULTS, cell, load, lookup, metrics, run_model,  # noqa: E402
+                    splits, write_json)
 
 METHODS = ("minmax", "easyquant", "ptq4vit", "repq-vit", "fq-vit", "qhyvit")
 ABLATION = (("MinMax", "minmax"), ("scale", "abl-scale"), ("+ granularity", "abl-gran"), ("+ scheme", "abl-scheme"),
