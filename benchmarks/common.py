@@ -56,9 +56,13 @@ def lite0_checkpoint() -> str:
 
 def weights_for(name: str) -> str:
     """ImageNet control: converted once; CIFAR checkpoints: benchmarks/weights/ (trained with
-    benchmarks/train_cifar.py, e.g. Mobile-Former) or the shared folder."""
+    benchmarks/train_cifar.py, e.g. Mobile-Former) or the shared folder; ``MODEL@TAG``: the
+    checkpoint in benchmarks/weights/TAG/ (e.g. ``mobilevit_xxs@long``, a longer training run)."""
     if name == IMAGENET_CONTROL:
         return lite0_checkpoint()
+    if "@" in name:             # MODEL@TAG: a second checkpoint of a model, benchmarks/weights/TAG/
+        model, tag = name.split("@", 1)
+        return os.path.join(HERE, "weights", tag, f"{model}-cifar10.pth")
     own = os.path.join(HERE, "weights", f"{name}-cifar10.pth")
     return own if os.path.exists(own) else os.path.join(SHARED, "weights", f"{name}-cifar10.pth")
 
@@ -66,7 +70,7 @@ def weights_for(name: str) -> str:
 def load(name: str):
     from qhyvit_fx.data import Preprocess
     from qhyvit_fx.models import create_model
-    lm = create_model(name, weights=weights_for(name))
+    lm = create_model(name.split("@")[0], weights=weights_for(name))
     return lm, Preprocess.from_meta(lm.meta)
 
 
