@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from ..search.easyquant import easyquant
 from .base import register_method
 from .params import SearchParams
-from .qhyvit import QHyViT
+from .search_method import SearchMethod
 
 
 @dataclass
@@ -15,7 +15,7 @@ class EasyQuantParams(SearchParams):
 
 
 @register_method
-class EasyQuant(QHyViT):
+class EasyQuant(SearchMethod):
     """Wu et al., "EasyQuant: Post-training quantization via scale optimization" (2020).
 
     Same calibration data flow as Q-HyViT (float inputs and outputs of every layer on sampled
@@ -25,6 +25,4 @@ class EasyQuant(QHyViT):
 
     name = "easyquant"
     params_class = EasyQuantParams
-
-    def search(self, p, opts):
-        return easyquant(p, opts)
+    step = staticmethod(easyquant)

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..search.hybrid import LayerResult
+from ..search.hybrid import LayerResult, hybrid_step
 from ..search.nonuniform import input_role, objective, refine_input, twin_candidates
 from ..search.problem import MatmulProblem
 from .base import register_method
 from .params import SearchParams
-from .qhyvit import QHyViT
+from .search_method import SearchMethod
 
 
 @dataclass
@@ -17,7 +17,7 @@ class PTQ4ViTParams(SearchParams):
 
 
 @register_method
-class PTQ4ViT(QHyViT):
+class PTQ4ViT(SearchMethod):
     """Yuan et al., "PTQ4ViT: Post-training quantization for vision transformers with twin uniform
     quantization" (ECCV 2022), as set up in the Q-HyViT paper (alpha = 0, beta = 1.2, parallel
     quantization: every layer sees float inputs).
@@ -33,8 +33,10 @@ class PTQ4ViT(QHyViT):
     name = "ptq4vit"
     params_class = PTQ4ViTParams
 
-    def search(self, p, opts) -> LayerResult:
-        res = super().search(p, opts)
+    @staticmethod
+    def step(p, opts) -> LayerResult:
+        """Q-HyViT's step without its switches (scale only), then twin-uniform inputs."""
+        res = hybrid_step(p, opts)
         weight = None if isinstance(p, MatmulProblem) else res.weight
         stats = p.stats if isinstance(p, MatmulProblem) else [p.act_stats]
         inputs = list(res.inputs)

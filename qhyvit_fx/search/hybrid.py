@@ -552,3 +552,8 @@ def search_matmul(prob: MatmulProblem, opts: SearchOptions) -> LayerResult:
             last = now
         after = total(chs)
     return LayerResult(prob.name, None, [c.qp for c in chs], before, after, rounds, stats.get("evals", 0))
+
+
+def hybrid_step(p, opts: SearchOptions) -> LayerResult:
+    """Q-HyViT's step for one layer problem (weighted layer or activation matmul)."""
+    return search_matmul(p, opts) if isinstance(p, MatmulProblem) else search_weighted(p, opts)
