@@ -4,6 +4,7 @@ collection (rows, ranges, gradient weights; :mod:`qhyvit_fx.calibration`), FX-fr
 objective and candidates live in :mod:`qhyvit_fx.search`)."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Callable, Optional
 
@@ -49,14 +50,15 @@ def _to(obj, dev):
 
 
 def search_options(cfg) -> SearchOptions:
-    """The FX-free search's options for a config (its method's params and the target's limits)."""
+    """The FX-free search's options for a config: every ``SearchOptions`` field that the method's
+    params have under the same name is copied (so a new search switch is one params field and one
+    options field of that name), plus the candidate grids and the target's limits."""
     p, backend = cfg.method_params, cfg.backend
-    return SearchOptions(channel_fractions=p.channel_fractions(),
-        rounds=p.rounds, round_tol=p.round_tol, fractions=p.fractions(),
-        search_scale=p.search_scale, search_granularity=p.search_granularity, search_scheme=p.search_scheme,
-        weight_asym_ok=backend.asymmetric_weights, act_scheme_search=backend.searchable_act_scheme, topk=p.topk_verify,
-        exhaustive=p.exhaustive, act_cv=p.act_cv, act_migrate=p.act_channel_migrate, coarse_rows=p.coarse_rows,
-        bias_correction=p.bias_correction)
+    same = {f.name: getattr(p, f.name) for f in dataclasses.fields(SearchOptions)
+            if hasattr(p, f.name) and not callable(getattr(p, f.name))}
+    return SearchOptions(**same, fractions=p.fractions(), channel_fractions=p.channel_fractions(),
+                         topk=p.topk_verify, act_migrate=p.act_channel_migrate,
+                         weight_asym_ok=backend.asymmetric_weights, act_scheme_search=backend.searchable_act_scheme)
 
 
 class SearchMethod(Method):
