@@ -32,8 +32,8 @@ def test_easyquant_improves_cosine_similarity_and_keeps_the_scheme():
     assert res.weight.spec == p.w_spec and res.inputs[0].spec == p.a_spec
     assert res.weight.scale.shape == (12,) and res.inputs[0].scale.dim() == 0
     # recompute the final cosine similarity independently
-    xq = H._quant_patches(p, p.patches, res.inputs[0])
-    wq = H._weight_cands(p.weight, res.weight)
+    xq = H.quant_patches(p, p.patches, res.inputs[0])
+    wq = H.weight_candidates(p.weight, res.weight)
     cos = torch.nn.functional.cosine_similarity((xq @ wq.T + p.bias).flatten(), p.out_fp.flatten(), dim=0)
     assert abs((1 - float(cos)) - res.error_after) < 1e-5
 
@@ -44,12 +44,12 @@ def test_easyquant_activation_step_is_the_argmax_over_candidates():
     res = EQ.easyquant(p, opts)
     # with the weight at MinMax, brute force over every activation candidate
     lo, hi = channel_minmax(p.weight, 0)
-    wq = H._weight_cands(p.weight, params_from_range(lo, hi, p.w_spec))
-    f = H._fractions(opts)
+    wq = H.weight_candidates(p.weight, params_from_range(lo, hi, p.w_spec))
+    f = H.fractions_for(opts)
     best, best_f = -2.0, None
     for fi in f:
         qp = params_from_range(p.act_stats.lo, p.act_stats.hi, p.a_spec, fraction=fi)
-        c = float(EQ.cosine(H._quant_patches(p, p.patches, qp) @ wq.T + p.bias, p.out_fp, (-1, -2)))
+        c = float(EQ.cosine(H.quant_patches(p, p.patches, qp) @ wq.T + p.bias, p.out_fp, (-1, -2)))
         if c > best:
             best, best_f = c, fi
     want = params_from_range(p.act_stats.lo, p.act_stats.hi, p.a_spec, fraction=best_f)

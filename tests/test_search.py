@@ -41,18 +41,18 @@ def test_fast_steps_match_exhaustive(problems):
     for p in probs.values():
         if isinstance(p, MatmulProblem):
             chs = [H._minmax_choice(*p.stats[i].range(False), p.specs[i].with_(per_channel=False)) for i in (0, 1)]
-            other = H._quant_operand(p.b, chs[1].qp)
+            other = H.quant_operand(p.b, chs[1].qp)
             a, b = H._search_mm(p, 0, other, chs[0], fast, {}), H._search_mm(p, 0, other, chs[0], ex, {})
-            ea = float(H._mm_err(p, 0, H._one(a.qp), other, p.a.shape[1], ex)[0])
-            eb = float(H._mm_err(p, 0, H._one(b.qp), other, p.a.shape[1], ex)[0])
+            ea = float(H._mm_err(p, 0, H.one(a.qp), other, p.a.shape[1], ex)[0])
+            eb = float(H._mm_err(p, 0, H.one(b.qp), other, p.a.shape[1], ex)[0])
             pairs = [(a.key == b.key, ea, eb)]
         else:
             wch = H._minmax_choice(*H.channel_minmax(p.weight, 0), p.w_spec)
             ach = H._minmax_choice(*p.act_stats.range(False), p.a_spec.with_(per_channel=False))
-            xq = H._quant_patches(p, p.patches, ach.qp)
+            xq = H.quant_patches(p, p.patches, ach.qp)
             a, b = H._search_weight(p, xq, wch, fast, {}), H._search_weight(p, xq, wch, ex, {})
             pairs = [(a.key == b.key, H._weight_error(p, xq, a, None, ex), H._weight_error(p, xq, b, None, ex))]
-            wq = H._weight_cands(p.weight, H._one(wch.qp))[0]
+            wq = H.weight_candidates(p.weight, H.one(wch.qp))[0]
             c, d = H._search_act(p, lambda s: wq, ach, fast, {}), H._search_act(p, lambda s: wq, ach, ex, {})
             fc = float(H._act_errors(p, c.spec, torch.tensor([c.frac]), wq, p.rows, ex)[0])
             fd = float(H._act_errors(p, d.spec, torch.tensor([d.frac]), wq, p.rows, ex)[0])
@@ -336,7 +336,7 @@ def test_widened_channel_ranges_cover_what_new_images_bring():
         qp = search_weighted(p, opts).inputs[0]
         frac = float((qp.scale * (qp.spec.qmax - qp.spec.qmin) / (st.range(qp.spec.per_channel)[1])).mean())
         res[name] = (qp.spec.per_channel, round(frac, 1))
-        wq = H._weight_cands(w, H._one(H._minmax_choice(*H.channel_minmax(w, 0), p.w_spec).qp))[0]
+        wq = H.weight_candidates(w, H.one(H._minmax_choice(*H.channel_minmax(w, 0), p.w_spec).qp))[0]
         cv[name] = float(H._act_errors(p, qp.spec, torch.tensor([frac]), wq, p.rows, opts)[0])
     assert res["narrow"][0] is False or res["narrow"][1] <= cfg.method_params.beta
     assert res["wide"][0] is True and res["wide"][1] > cfg.method_params.beta

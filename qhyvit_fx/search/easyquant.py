@@ -19,8 +19,9 @@ from typing import List, Optional
 import torch
 
 from ..quantizer import QParams, channel_minmax, params_from_range
-from .hybrid import (LayerResult, _candidate_params, _chunks, _fractions, _quant_operand, _quant_patches, _slice,
-                     _take, _weight_cands)
+from .candidates import (candidate_params, chunks, fractions_for, quant_operand, quant_patches, slice_candidates,
+                         take, weight_candidates)
+from .hybrid import LayerResult
 from .problem import MatmulProblem, SearchOptions, WeightedLayerProblem
 
 
@@ -36,7 +37,7 @@ def _target(p: WeightedLayerProblem) -> torch.Tensor:
 
 
 def easyquant_weighted(p: WeightedLayerProblem, opts: SearchOptions) -> LayerResult:
-    f = _fractions(opts)
+    f = fractions_for(opts)
     target = _target(p)
     S, C = target.shape
     a_lo, a_hi = p.act_stats.range(p.a_spec.per_channel)
@@ -45,7 +46,7 @@ def easyquant_weighted(p: WeightedLayerProblem, opts: SearchOptions) -> LayerRes
     w_qp = params_from_range(w_lo, w_hi, p.w_spec)
 
     def cos_now() -> float:
-        out = p.layer_forward(_quant_patches(p, p.patches, a_qp), _weight_cands(p.weight, w_qp))
+        out = p.layer_forward(quant_patches(p, p.patches, a_qp), weight_candidates(p.weight, w_qp))
         return float(cosine(out, target, (-1, -2)))
 
     before = cos_now()
@@ -53,21 +54,21 @@ def easyquant_weighted(p: WeightedLayerProblem, opts: SearchOptions) -> LayerRes
     for rounds in range(1, opts.rounds + 1):
         prev = (a_qp.scale.clone(), w_qp.scale.clone())
         # activation scale, weight fixed
-        wq = _weight_cands(p.weight, w_qp)
-        cands = _candidate_params(a_lo, a_hi, p.a_spec, f)
+        wq = weight_candidates(p.weight, w_qp)
+        cands = candidate_params(a_lo, a_hi, p.a_spec, f)
         sims = []
-        for a, b in _chunks(len(f), S * (C + p.patches.shape[1]), opts):
-            xq = _quant_patches(p, p.patches, _slice(cands, a, b))
+        for a, b in chunks(len(f), S * (C + p.patches.shape[1]), opts):
+            xq = quant_patches(p, p.patches, slice_candidates(cands, a, b))
             sims.append(cosine(p.layer_forward(xq, wq), target, (-1, -2)))
-        a_qp = _take(cands, int(torch.cat(sims).argmax()))
+        a_qp = take(cands, int(torch.cat(sims).argmax()))
         # weight scale(s), activation fixed
-        xq = _quant_patches(p, p.patches, a_qp)
-        cands = _candidate_params(w_lo, w_hi, p.w_spec, f)
+        xq = quant_patches(p, p.patches, a_qp)
+        cands = candidate_params(w_lo, w_hi, p.w_spec, f)
         sims = []
-        for a, b in _chunks(len(f), S * C + p.weight.numel(), opts):
-            out = p.layer_forward(xq, _weight_cands(p.weight, _slice(cands, a, b)))
+        for a, b in chunks(len(f), S * C + p.weight.numel(), opts):
+            out = p.layer_forward(xq, weight_candidates(p.weight, slice_candidates(cands, a, b)))
             sims.append(cosine(out, target, (-1, -2)))
-        w_qp = _take(cands, int(torch.cat(sims).argmax()))
+        w_qp = take(cands, int(torch.cat(sims).argmax()))
         if torch.equal(prev[0], a_qp.scale) and torch.equal(prev[1], w_qp.scale):
             break
     after = cos_now()
@@ -76,7 +77,7 @@ def easyquant_weighted(p: WeightedLayerProblem, opts: SearchOptions) -> LayerRes
 
 
 def easyquant_matmul(prob: MatmulProblem, opts: SearchOptions) -> LayerResult:
-    f = _fractions(opts)
+    f = fractions_for(opts)
     ops = [prob.a, prob.b]
     qps: List[QParams] = [params_from_range(*st.range(False), sp.with_(per_channel=False))
                           for st, sp in zip(prob.stats, prob.specs)]
@@ -85,7 +86,7 @@ def easyquant_matmul(prob: MatmulProblem, opts: SearchOptions) -> LayerResult:
         return xa @ xb
 
     def cos_now() -> float:
-        return float(cosine(out_of(_quant_operand(prob.a, qps[0]), _quant_operand(prob.b, qps[1])),
+        return float(cosine(out_of(quant_operand(prob.a, qps[0]), quant_operand(prob.b, qps[1])),
                             prob.out_fp, (-1, -2, -3)))
 
     before = cos_now()
@@ -93,15 +94,15 @@ def easyquant_matmul(prob: MatmulProblem, opts: SearchOptions) -> LayerResult:
     for rounds in range(1, opts.rounds + 1):
         prev = [q.scale.clone() for q in qps]
         for which in (0, 1):
-            other = _quant_operand(ops[1 - which], qps[1 - which])
+            other = quant_operand(ops[1 - which], qps[1 - which])
             lo, hi = prob.stats[which].range(False)
-            cands = _candidate_params(lo, hi, qps[which].spec, f)
+            cands = candidate_params(lo, hi, qps[which].spec, f)
             sims = []
-            for a, b in _chunks(len(f), prob.out_fp.numel() + ops[which].numel(), opts):
-                xq = _quant_operand(ops[which], _slice(cands, a, b))
+            for a, b in chunks(len(f), prob.out_fp.numel() + ops[which].numel(), opts):
+                xq = quant_operand(ops[which], slice_candidates(cands, a, b))
                 out = out_of(xq, other) if which == 0 else out_of(other, xq)
                 sims.append(cosine(out, prob.out_fp, (-1, -2, -3)))
-            qps[which] = _take(cands, int(torch.cat(sims).argmax()))
+            qps[which] = take(cands, int(torch.cat(sims).argmax()))
         if all(torch.equal(p_, q.scale) for p_, q in zip(prev, qps)):
             break
     after = cos_now()

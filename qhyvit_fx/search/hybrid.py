@@ -28,7 +28,9 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from ..quantizer import QParams, QSpec, candidate_fractions, channel_minmax, fake_quant, params_from_range
+from ..quantizer import QParams, QSpec, channel_minmax, fake_quant, params_from_range
+from .candidates import (candidate_params, chunks, fractions_for, one, quant_operand, quant_patches,  # noqa: F401
+                         slice_candidates, spec_combos, take, weight_candidates)
 from .problem import ActStats, MatmulProblem, SearchOptions, WeightedLayerProblem
 
 
@@ -60,61 +62,18 @@ class LayerResult:
 
 # ---- candidates ----------------------------------------------------------------------------
 
-def _fractions(opts: SearchOptions, widen: bool = False) -> torch.Tensor:
-    """The candidate fractions; ``widen`` (per-channel activation ranges) appends the ones past beta."""
-    if not opts.search_scale:
-        return torch.ones(1)
-    f = opts.fractions if opts.fractions is not None else candidate_fractions()
-    f = f.to(torch.get_default_device())      # the search runs under `with torch.device(...)`
-    if not bool((f == 1.0).any()):
-        f = torch.cat([f, torch.ones(1)])      # MinMax itself is always a candidate
-    if widen and opts.channel_fractions is not None:
-        f = torch.cat([f, opts.channel_fractions.to(f.device)])
-    return f
 
 
-def _combos(base: QSpec, opts: SearchOptions, per_channel_ok: bool, asym_ok: bool, asym_signed: bool
-            ) -> List[QSpec]:
-    """(granularity, scheme) pairs to try.  Asymmetric codes are signed for
-    weights (int8 storage) and unsigned for activations."""
-    grans = [False, True] if (opts.search_granularity and per_channel_ok) else [base.per_channel and per_channel_ok]
-    schemes = [True, False] if (opts.search_scheme and asym_ok) else [base.symmetric or not asym_ok]
-    return [base.with_(per_channel=pc, symmetric=sym, signed=True if sym else asym_signed)
-            for pc in grans for sym in schemes]
 
 
-def _candidate_params(lo, hi, spec: QSpec, f: torch.Tensor) -> QParams:
-    """Scales [n] (per-tensor) or [n, C] (per-channel, one fraction for all channels)."""
-    frac = f[:, None] if spec.per_channel else f
-    return params_from_range(lo, hi, spec, fraction=frac)
 
 
-def _take(qp: QParams, idx) -> QParams:
-    """Pick candidate ``idx`` (int, or per-channel LongTensor [C]) out of
-    candidate params (scale and zero point [n] or [n, C])."""
-    if isinstance(idx, int):
-        return QParams(qp.spec, qp.scale[idx], qp.zero_point[idx], qp.zp_overflow)
-    c = torch.arange(qp.scale.shape[1])
-    return QParams(qp.spec, qp.scale[idx, c], qp.zero_point[idx, c], qp.zp_overflow)
 
 
-def _one(qp: QParams) -> QParams:
-    """A single choice as a one-candidate set."""
-    return QParams(qp.spec, qp.scale[None], qp.zero_point[None])
 
 
-def _weight_cands(w: torch.Tensor, qp: QParams) -> torch.Tensor:
-    """Fake-quantized weights for every candidate: [n, C, Kg]."""
-    return fake_quant(w, qp.scale, qp.zero_point, qp.spec.qmin, qp.spec.qmax,
-                      axis=0 if qp.spec.per_channel else None)
 
 
-def _quant_patches(p: WeightedLayerProblem, x: torch.Tensor, qp: QParams) -> torch.Tensor:
-    """Quantize patch rows [S, K] with candidate params -> [n, S, K] (or [S, K] for one)."""
-    if qp.spec.per_channel:
-        return fake_quant(x, qp.scale[..., p.col_channel], qp.zero_point[..., p.col_channel], qp.spec.qmin,
-                          qp.spec.qmax, axis=-1)
-    return fake_quant(x, qp.scale, qp.zero_point, qp.spec.qmin, qp.spec.qmax)
 
 
 # ---- errors of weighted layers -------------------------------------------------------------
@@ -123,10 +82,6 @@ def _rows(n: int, coarse: int, opts: SearchOptions) -> int:
     return n if opts.exhaustive else min(n, max(1, coarse))
 
 
-def _chunks(n: int, per_item: int, opts: SearchOptions):
-    step = max(1, opts.chunk_elems // max(1, per_item))
-    for a in range(0, n, step):
-        yield a, min(n, a + step)
 
 
 def _halving(err_of, n: int, total: int, opts: SearchOptions) -> Tuple[int, float]:
@@ -153,7 +108,7 @@ def _w_err_direct(p: WeightedLayerProblem, xq: torch.Tensor, wq: torch.Tensor, r
     [n, C] without a tail (per output channel), [n] with one."""
     x, out, g2 = xq[:rows], p.out_fp[:rows], p.grad2[:rows]
     res = []
-    for a, b in _chunks(wq.shape[0], rows * max(wq.shape[1], out.shape[1]), opts):
+    for a, b in chunks(wq.shape[0], rows * max(wq.shape[1], out.shape[1]), opts):
         o = p.layer_forward(x, wq[a:b])
         if p.tail is not None:
             o = p.tail(o, None)
@@ -208,15 +163,15 @@ def _use_gram(p: WeightedLayerProblem, n_combos: int, n_fracs: int, opts: Search
 
 def _search_weight(p: WeightedLayerProblem, xq: torch.Tensor, cur: Optional[Choice], opts: SearchOptions,
                    stats: dict) -> Choice:
-    f = _fractions(opts)
-    combos = _combos(p.w_spec, opts, per_channel_ok=True, asym_ok=opts.weight_asym_ok, asym_signed=True)
+    f = fractions_for(opts)
+    combos = spec_combos(p.w_spec, opts, per_channel_ok=True, asym_ok=opts.weight_asym_ok, asym_signed=True)
     gram = _Gram(p, xq, opts) if _use_gram(p, len(combos), len(f), opts) else None
     decomposable = p.tail is None
     best: Optional[Tuple[float, Choice]] = None
     for spec in combos:
         lo, hi = channel_minmax(p.weight, 0 if spec.per_channel else None)
-        qp = _candidate_params(lo, hi, spec, f)
-        wq = _weight_cands(p.weight, qp)                                 # [n, C, Kg]
+        qp = candidate_params(lo, hi, spec, f)
+        wq = weight_candidates(p.weight, qp)                                 # [n, C, Kg]
         stats["evals"] = stats.get("evals", 0) + len(f)
         if gram is not None:
             e = gram.errors(wq - p.weight)                               # exact, all rows
@@ -233,14 +188,14 @@ def _search_weight(p: WeightedLayerProblem, xq: torch.Tensor, cur: Optional[Choi
                     ef = _w_err_direct(p, xq, mixed, p.rows, opts)                # [k, C]
                     j = ef.argmin(0)
                     idx = top[j, c]
-                    choice = Choice(_take(qp, idx), (spec.per_channel, spec.symmetric, tuple(idx.tolist())))
+                    choice = Choice(take(qp, idx), (spec.per_channel, spec.symmetric, tuple(idx.tolist())))
                     err = float(ef[j, c].sum())
                 else:
                     def err_of(idx, r, wq=wq):
                         ev = _w_err_direct(p, xq, wq[idx], r, opts)
                         return ev.sum(-1) if ev.dim() == 2 else ev
                     j, err = _halving(err_of, len(f), p.rows, opts)
-                    choice = Choice(_take(qp, j), (spec.per_channel, spec.symmetric, j), float(f[j]))
+                    choice = Choice(take(qp, j), (spec.per_channel, spec.symmetric, j), float(f[j]))
             else:
                 choice, err = _pick_weight(qp, e, spec, per_channel_decomp=decomposable)
         if best is None or err < best[0]:
@@ -252,14 +207,14 @@ def _pick_weight(qp: QParams, e: torch.Tensor, spec: QSpec, per_channel_decomp: 
     if e.dim() == 2 and spec.per_channel and per_channel_decomp:
         idx = e.argmin(0)
         err = float(e.gather(0, idx[None]).sum())
-        return Choice(_take(qp, idx), (spec.per_channel, spec.symmetric, tuple(idx.tolist()))), err
+        return Choice(take(qp, idx), (spec.per_channel, spec.symmetric, tuple(idx.tolist()))), err
     tot = e.sum(-1) if e.dim() == 2 else e
     j = int(tot.argmin())
-    return Choice(_take(qp, j), (spec.per_channel, spec.symmetric, j)), float(tot[j])
+    return Choice(take(qp, j), (spec.per_channel, spec.symmetric, j)), float(tot[j])
 
 
 def _weight_error(p: WeightedLayerProblem, xq: torch.Tensor, ch: Choice, gram, opts) -> float:
-    wq = _weight_cands(p.weight, _one(ch.qp))
+    wq = weight_candidates(p.weight, one(ch.qp))
     if gram is not None:
         return float(gram.errors(wq - p.weight).sum())
     e = _w_err_direct(p, xq, wq, p.rows, opts)
@@ -303,10 +258,10 @@ def _act_errors(p: WeightedLayerProblem, spec: QSpec, f: torch.Tensor, wq: torch
             continue
         else:
             x, out, g2 = p.patches[idx], p.out_fp[idx], p.grad2[idx]
-        qp = _candidate_params(*st.range(spec.per_channel), spec, f)
+        qp = candidate_params(*st.range(spec.per_channel), spec, f)
         r = x.shape[0]
-        for a, b in _chunks(len(f), r * max(x.shape[1], out.shape[1]), opts):
-            o = p.layer_forward(_quant_patches(p, x, _slice(qp, a, b)), wq)
+        for a, b in chunks(len(f), r * max(x.shape[1], out.shape[1]), opts):
+            o = p.layer_forward(quant_patches(p, x, slice_candidates(qp, a, b)), wq)
             if p.tail is not None:
                 o = p.tail(o, idx)
             d = o.sub_(out)
@@ -320,17 +275,17 @@ def _search_act(p: WeightedLayerProblem, wq_for, cur: Optional[Choice], opts: Se
     (with a migrated per-channel input the weight holds W * m and so depends on it)."""
     per_channel_ok = p.act_per_channel_ok and p.act_stats.ch_lo is not None and (opts.act_migrate or
                                                                                   not p.act_migrate)
-    combos = _combos(p.a_spec, opts if opts.act_scheme_search else replace(opts, search_scheme=False),
+    combos = spec_combos(p.a_spec, opts if opts.act_scheme_search else replace(opts, search_scheme=False),
                      per_channel_ok=per_channel_ok,
                      asym_ok=not p.a_spec.symmetric or opts.act_scheme_search, asym_signed=False)
     best = None
     for spec in combos:
-        f = _fractions(opts, widen=spec.per_channel)     # per-channel ranges may also widen past beta
+        f = fractions_for(opts, widen=spec.per_channel)     # per-channel ranges may also widen past beta
         stats["evals"] = stats.get("evals", 0) + len(f)
         wq = wq_for(spec)
         j, err = _halving(lambda idx, r: _act_errors(p, spec, f[idx], wq, r, opts), len(f), p.rows, opts)
-        qp = _candidate_params(*p.act_stats.range(spec.per_channel), spec, f[j:j + 1])
-        best = best if best is not None and best[0] <= err else (err, Choice(_take(qp, 0), (
+        qp = candidate_params(*p.act_stats.range(spec.per_channel), spec, f[j:j + 1])
+        best = best if best is not None and best[0] <= err else (err, Choice(take(qp, 0), (
             spec.per_channel, spec.symmetric, j), float(f[j])))
 
     def err_of(ch: Choice) -> float:
@@ -368,18 +323,14 @@ def _moved(qp: QParams, w_from: torch.Tensor, w_to: torch.Tensor) -> QParams:
 
 def _effective_weight(p: WeightedLayerProblem, wqp: QParams, m: Optional[torch.Tensor]) -> torch.Tensor:
     """The quantized weight [C, Kg] as the layer applies it to x_hat (Q(W * m) / m)."""
-    wq = _weight_cands(_weight_in(p, m), _one(wqp))[0]
+    wq = weight_candidates(_weight_in(p, m), one(wqp))[0]
     return wq if m is None else wq / m[p.col_channel][None, :]
 
 
-def _slice(qp: QParams, a: int, b: int) -> QParams:
-    return QParams(qp.spec, qp.scale[a:b], qp.zero_point[a:b])
 
 
 # ---- matmul --------------------------------------------------------------------------------
 
-def _quant_operand(x: torch.Tensor, qp: QParams) -> torch.Tensor:
-    return fake_quant(x, qp.scale, qp.zero_point, qp.spec.qmin, qp.spec.qmax)
 
 
 def _mm_err(prob: MatmulProblem, which: int, qp: QParams, other_q: torch.Tensor, r: int, opts: SearchOptions
@@ -394,8 +345,8 @@ def _mm_err(prob: MatmulProblem, which: int, qp: QParams, other_q: torch.Tensor,
         idx = torch.randperm(prob.b.shape[2], generator=g, device="cpu")[:r]
         x, out, g2 = prob.b[:, :, idx], prob.out_fp[:, :, idx], prob.grad2[:, :, idx]
     res = []
-    for a, b in _chunks(qp.scale.shape[0], out.numel() + x.numel(), opts):
-        xq = _quant_operand(x, _slice(qp, a, b))
+    for a, b in chunks(qp.scale.shape[0], out.numel() + x.numel(), opts):
+        xq = quant_operand(x, slice_candidates(qp, a, b))
         d = (xq @ other_q if which == 0 else other_q @ xq).sub_(out)
         res.append(d.mul_(d).mul_(g2).sum((-1, -2, -3)))
     return torch.cat(res)
@@ -403,8 +354,8 @@ def _mm_err(prob: MatmulProblem, which: int, qp: QParams, other_q: torch.Tensor,
 
 def _search_mm(prob: MatmulProblem, which: int, other_q: torch.Tensor, cur: Optional[Choice], opts: SearchOptions,
                stats: dict) -> Choice:
-    f = _fractions(opts)
-    combos = _combos(prob.specs[which], opts if opts.act_scheme_search else replace(opts, search_scheme=False),
+    f = fractions_for(opts)
+    combos = spec_combos(prob.specs[which], opts if opts.act_scheme_search else replace(opts, search_scheme=False),
                      per_channel_ok=False, asym_ok=not prob.specs[which].symmetric or opts.act_scheme_search,
                      asym_signed=False)
     lines = prob.a.shape[1] if which == 0 else prob.b.shape[2]          # rows of A / columns of B
@@ -413,18 +364,18 @@ def _search_mm(prob: MatmulProblem, which: int, other_q: torch.Tensor, cur: Opti
     best = None
     for spec in combos:
         lo, hi = prob.stats[which].range(False)
-        qp = _candidate_params(lo, hi, spec, f)
+        qp = candidate_params(lo, hi, spec, f)
         stats["evals"] = stats.get("evals", 0) + len(f)
 
         def err_of(idx, r, qp=qp):
             return _mm_err(prob, which, QParams(qp.spec, qp.scale[idx], qp.zero_point[idx]), other_q, r, opts)
         j, err = _halving(err_of, len(f), lines, line_opts)
-        ch = Choice(_take(qp, j), (False, spec.symmetric, j), float(f[j]))
+        ch = Choice(take(qp, j), (False, spec.symmetric, j), float(f[j]))
         if best is None or err < best[0]:
             best = (err, ch)
 
     def err_of_choice(ch: Choice) -> float:
-        return float(_mm_err(prob, which, _one(ch.qp), other_q, lines, opts)[0])
+        return float(_mm_err(prob, which, one(ch.qp), other_q, lines, opts)[0])
     return _keep_better(best, cur, err_of_choice)
 
 
@@ -459,7 +410,7 @@ def search_weighted(p: WeightedLayerProblem, opts: SearchOptions) -> LayerResult
         last = before
         for r in range(opts.rounds):
             rounds += 1
-            xq = _quant_patches(p, p.patches, ach.qp)
+            xq = quant_patches(p, p.patches, ach.qp)
             w_dom = _weight_in(p, m)
             if m is None:
                 new_w = _search_weight(p, xq, wch, opts, stats)
@@ -486,7 +437,7 @@ def search_weighted(p: WeightedLayerProblem, opts: SearchOptions) -> LayerResult
         delta = None
         if opts.bias_correction and p.tail is None:
             # empirical bias correction: remove the mean output shift the quantizers cause
-            xq = _quant_patches(p, p.patches, ach.qp)
+            xq = quant_patches(p, p.patches, ach.qp)
             delta = -(p.layer_forward(xq, _effective_weight(p, wch.qp, m)) - p.out_fp).mean(0)
         out_qp = _search_output(p, wch, ach, m, opts) if p.o_spec is not None and p.tail is None else None
     return LayerResult(p.name, wch.qp, [ach.qp], before, after, rounds, stats.get("evals", 0), bias_delta=delta,
@@ -496,8 +447,8 @@ def search_weighted(p: WeightedLayerProblem, opts: SearchOptions) -> LayerResult
 def _search_output(p: WeightedLayerProblem, wch: Choice, ach: Choice, m, opts: SearchOptions) -> QParams:
     """Scale of the output quantizer (per-tensor, its annotated scheme) for the chosen weight and
     input quantizers: same objective, candidates, K-fold validation and successive halving."""
-    f = _fractions(opts)
-    o = p.layer_forward(_quant_patches(p, p.patches, ach.qp), _effective_weight(p, wch.qp, m))
+    f = fractions_for(opts)
+    o = p.layer_forward(quant_patches(p, p.patches, ach.qp), _effective_weight(p, wch.qp, m))
     spec = p.o_spec
 
     def err_of(idx, rows):
@@ -508,16 +459,16 @@ def _search_output(p: WeightedLayerProblem, wch: Choice, ach: Choice, m, opts: S
                 ridx = slice(0, rows)
             elif ridx.numel() == 0:
                 continue
-            qp = _candidate_params(st.lo, st.hi, spec, fr)
+            qp = candidate_params(st.lo, st.hi, spec, fr)
             d = fake_quant(o[ridx], qp.scale, qp.zero_point, spec.qmin, spec.qmax).sub_(p.out_fp[ridx])
             total += d.mul_(d).mul_(p.grad2[ridx]).sum((-1, -2))
         return total
     j, _ = _halving(err_of, len(f), p.rows, opts)
-    return _take(_candidate_params(p.o_stats.lo, p.o_stats.hi, spec, f[j:j + 1]), 0)
+    return take(candidate_params(p.o_stats.lo, p.o_stats.hi, spec, f[j:j + 1]), 0)
 
 
 def _total_weighted(p: WeightedLayerProblem, wch: Choice, ach: Choice, m, opts: SearchOptions) -> float:
-    xq = _quant_patches(p, p.patches, ach.qp)
+    xq = quant_patches(p, p.patches, ach.qp)
     wq = _effective_weight(p, wch.qp, m)[None]
     return float(_w_err_direct(p, xq, wq, p.rows, opts).sum())
 
@@ -529,7 +480,7 @@ def search_matmul(prob: MatmulProblem, opts: SearchOptions) -> LayerResult:
         ops = [prob.a, prob.b]
 
         def total(c):
-            qa, qb = _quant_operand(prob.a, c[0].qp), _quant_operand(prob.b, c[1].qp)
+            qa, qb = quant_operand(prob.a, c[0].qp), quant_operand(prob.b, c[1].qp)
             d = qa @ qb - prob.out_fp
             return float((prob.grad2 * d * d).sum())
         before = total(chs)
@@ -540,7 +491,7 @@ def search_matmul(prob: MatmulProblem, opts: SearchOptions) -> LayerResult:
             rounds += 1
             changed = False
             for i in (0, 1):
-                other = _quant_operand(ops[1 - i], chs[1 - i].qp)
+                other = quant_operand(ops[1 - i], chs[1 - i].qp)
                 new = _search_mm(prob, i, other, chs[i], opts, stats)
                 changed |= new.key != chs[i].key
                 chs[i] = new
