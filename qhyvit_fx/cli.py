@@ -147,9 +147,10 @@ def _add_method_params(p) -> None:
     from .methods import METHODS
     owners, first = {}, {}
     for name, method in METHODS.items():
+        types = method.params_class.field_types()
         for f in dataclasses.fields(method.params_class):
             owners.setdefault(f.name, []).append(name)
-            first.setdefault(f.name, (f, method.params_class.field_types()[f.name]))
+            first.setdefault(f.name, (f, types[f.name]))
     g = p.add_argument_group("method parameters", "each applies to the methods named in brackets")
     for name, (f, typ) in first.items():
         text = f.metadata.get("help", "").replace("%", "%%")

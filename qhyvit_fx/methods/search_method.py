@@ -69,7 +69,7 @@ class SearchMethod(Method):
     step: Callable = None       # (problem, SearchOptions) -> LayerResult
 
     def search(self, p, opts: SearchOptions):
-        return type(self).step(p, opts)
+        return self.step(p, opts)
 
     def finish(self, prepared: fx.GraphModule, layers: dict, init: Decisions) -> dict:
         """All decisions in graph order: the searched layers', and MinMax ranges for the ops that
