@@ -28,6 +28,8 @@ def main():
     ap.add_argument("--variants", nargs="+", default=["minmax", "qhyvit"], choices=sorted(VARIANTS))
     ap.add_argument("--ort", action="store_true", help="also run every cell through onnxruntime")
     ap.add_argument("--eval-images", type=int, default=None, help="seeded subset of the evaluation split")
+    ap.add_argument("--fresh", action="store_true",
+                    help="measure every cell again (cached cells of older code are overwritten)")
     ap.add_argument("--json", default=None,
                     help="default: benchmarks/results/accuracy.json (accuracy-<N>.json with --eval-images N)")
     args = ap.parse_args()
@@ -48,7 +50,7 @@ def main():
         print(f"{name}: float top-1 {out[name]['float']['top1']:.2f} on {len(labels)} images", flush=True)
         for bits in args.bits:
             for v in args.variants:
-                r = cell(name, v, bits, lm, calib, batches, fp, labels, args.ort)
+                r = cell(name, v, bits, lm, calib, batches, fp, labels, args.ort, fresh=args.fresh)
                 out[name].setdefault(v, {})[bits] = r
                 t = r["torch"]
                 line = (f"  {v:14s} {bits}: top-1 {t['top1']:.2f} agree {t['agreement']:.2f} kl {t['kl']:.5f}"

@@ -244,10 +244,10 @@ def lookup(name, variant, bits, images: int):
     return hit if old == new else None
 
 
-def cell(name, variant, bits, lm, calib, batches, fp, labels, ort: bool):
+def cell(name, variant, bits, lm, calib, batches, fp, labels, ort: bool, fresh: bool = False):
     key = {"model": name, "variant": variant, "bits": bits, "images": len(labels)}
     cfg = config_for(variant, bits)
-    hit = lookup(name, variant, bits, len(labels))
+    hit = None if fresh else lookup(name, variant, bits, len(labels))
     wants_ort = ort or "-ort" in variant
     if hit is not None and ("ort" in hit or not wants_ort):
         return hit

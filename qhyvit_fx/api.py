@@ -11,6 +11,7 @@ from .capture import capture
 from .config import QConfig
 from .decisions import Decisions, DecisionsError
 from .methods import get_method
+from .methods.base import unify_groups
 from .methods.minmax import CalibrationError
 from .passes.annotate import annotate
 from .passes.cleanup import remove_noops
@@ -21,6 +22,7 @@ from .passes.fold_bn import fold_batchnorm
 from .passes.fold_constants import fold_constants
 from .passes.fold_scales import fold_scales
 from .passes.functional_conv import functional_convs_to_modules
+from .passes.group_quantizers import group_quantizers, quant_groups
 from .passes.insert_observers import insert_observers
 from .passes.unshare_modules import unshare_modules
 from .patterns.bridges import tag_bridges
@@ -68,6 +70,7 @@ def prepare(model: torch.nn.Module, example_inputs: Any, config: Optional[QConfi
     if config.mode_rules.integer_tensors:
         gm = decompose_silu(gm)
     gm = annotate(gm, config)
+    gm = group_quantizers(gm)
     gm = insert_observers(gm, record_images=config.calib_images if method.needs_images else 0)
     gm.meta["qhyvit_prepared"] = True
     gm.meta["qhyvit_example_shape"] = tuple(example[0].shape)
@@ -134,9 +137,9 @@ def decide(qm: fx.GraphModule) -> Decisions:
         if images is None:
             raise CalibrationError("no calibration images were recorded; run data through the prepared model")
     decisions = method.decide(qm, images)
-    if config.mode_rules.integer_tensors:
-        _one_quantizer_per_tensor(qm, decisions)
-    _tie_output_quantizers(qm, decisions)
+    decisions.groups = {g.name: [f"{layer}:{slot}" for layer, slot in g.members]
+                        for g in quant_groups(qm) if g.shared}
+    unify_groups(decisions)
     decisions.meta.setdefault("method", config.method)
     decisions.meta["w_bits"], decisions.meta["a_bits"] = config.w_bits, config.a_bits
     decisions.meta["target"] = config.target
@@ -146,88 +149,6 @@ def decide(qm: fx.GraphModule) -> Decisions:
     decisions.meta["config"] = config.to_dict()      # `qhyvit export` re-prepares exactly this graph
     decisions.meta["calib_images"] = int(images.shape[0]) if images is not None else qm.meta.get("qhyvit_calib_count")
     return decisions
-
-
-def _observer_owners(qm: fx.GraphModule) -> dict:
-    """observer submodule name -> (layer, slot), slot 'in0', 'in1', ... or 'out'."""
-    from .passes.annotate import ANNOTATION, quantized_layers
-    owner = {}
-    for n in quantized_layers(qm):
-        ann = n.meta[ANNOTATION]
-        for slot, obs in ann.observers.items():
-            owner[obs] = (ann.layer, slot)
-    return owner
-
-
-def _same_params(a, b) -> bool:
-    return a.spec == b.spec and torch.equal(a.scale, b.scale) and torch.equal(a.zero_point, b.zero_point)
-
-
-def _range_width(q) -> float:
-    return float((q.spec.qmax - q.spec.qmin) * q.scale.reshape(-1)[0])
-
-
-def _one_quantizer_per_tensor(qm: fx.GraphModule, decisions: Decisions) -> None:
-    """Integer mode: the input quantizers that read one tensor get one set of parameters, the one
-    covering the widest range (the least clipping for every reader).  A searched conv input and a
-    residual add reading the same tensor would otherwise quantize it twice, differently, and
-    onnxruntime keeps the producer in float (its fusions need a single QuantizeLinear behind it)."""
-    owner = {obs: (layer, int(slot[2:])) for obs, (layer, slot) in _observer_owners(qm).items()
-             if slot.startswith("in")}
-    groups = {}
-    for node in qm.graph.nodes:
-        if node.op == "call_module" and node.target in owner and node.args:
-            groups.setdefault(node.args[0], []).append(owner[node.target])
-    for readers in groups.values():
-        qps = [(l, i, decisions.layers[l].inputs.get(i)) for l, i in readers if l in decisions.layers]
-        qps = [t for t in qps if t[2] is not None]
-        if len(qps) < 2 or any(q.spec.per_channel or not q.spec.uniform or q.spec != qps[0][2].spec
-                               for _, _, q in qps):
-            continue
-        best_layer, best_i, best = max(qps, key=lambda t: _range_width(t[2]))
-        for l, i, q in qps:
-            if q is not best and not _same_params(q, best):
-                decisions.layers[l].inputs[i] = best
-                decisions.layers[l].info[f"input_{i}_shared_with"] = f"{best_layer} input {best_i}"
-
-
-def _tie_output_quantizers(qm: fx.GraphModule, decisions: Decisions) -> None:
-    """A layer output quantizer whose tensor feeds only input quantizers of other layers takes
-    their parameters when they agree.  Two different quantizers back to back on one tensor
-    (Q1 DQ1 Q2 DQ2) make onnxruntime merge the pair and, where a layout op lands in between,
-    leave the layer in float; with equal parameters the second pair is an exact no-op."""
-    from .passes.annotate import ANNOTATION, quantized_layers
-    from .patterns.kinds import metadata_read
-    owner = _observer_owners(qm)
-    clipped = {n.meta[ANNOTATION].layer: n.meta[ANNOTATION].output_after is not None for n in quantized_layers(qm)}
-    for node in qm.graph.nodes:
-        layer, slot = owner.get(node.target, (None, None)) if node.op == "call_module" else (None, None)
-        if slot != "out" or layer not in decisions.layers or not node.users:
-            continue
-        users = [u for u in node.users if metadata_read(u) is None]
-        if not users:
-            continue
-        targets = [owner.get(u.target) if u.op == "call_module" else None for u in users]
-        if any(t is None or not t[1].startswith("in") or t[0] not in decisions.layers for t in targets):
-            continue
-        qps = [decisions.layers[l].inputs.get(int(sl[2:])) for l, sl in targets]
-        first = qps[0]
-        if first is None or any(q is None or not _same_params(q, first) for q in qps[1:]):
-            continue
-        d = decisions.layers[layer]
-        # the output's code width may differ (output_bits): a tied output takes the readers' width
-        if d.output is None or d.output.spec.with_(bits=first.spec.bits) != first.spec or first.scale.numel() != 1:
-            continue
-        if clipped.get(layer):
-            # the output quantizer follows a ReLU/ReLU6 and must stay inside its range for
-            # onnxruntime to fold the activation into the integer conv: the consumers take it
-            for l, sl in targets:
-                decisions.layers[l].inputs[int(sl[2:])] = d.output
-                decisions.layers[l].info[f"input_{sl[2:]}_tied_to"] = f"{layer} output"
-            d.info["output_tied_to"] = f"{targets[0][0]} input {targets[0][1][2:]} (theirs set to ours)"
-        else:
-            d.output = first
-            d.info["output_tied_to"] = f"{targets[0][0]} input {targets[0][1][2:]}"
 
 
 def convert(qm: fx.GraphModule, decisions: Union[None, str, dict, Decisions] = None) -> fx.GraphModule:

@@ -10,7 +10,7 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from .quantizer import QParams
 
@@ -123,9 +123,45 @@ def _reparam(v, name):
 class Decisions:
     layers: Dict[str, LayerDecision]
     meta: Dict[str, Any] = field(default_factory=dict)
+    # quantizer groups of more than one point (passes/group_quantizers): name -> ["layer:slot", ...];
+    # each is one quantizer in the deployed graph, so its members hold equal params
+    groups: Dict[str, List[str]] = field(default_factory=dict)
+
+    def slot(self, member: str) -> Optional[QParams]:
+        """The params of ``"layer:slot"`` (slot ``in0``, ``in1``, ... or ``out``)."""
+        layer, slot = member.rsplit(":", 1)
+        d = self.layers[layer]
+        return d.output if slot == "out" else d.inputs.get(int(slot[2:]))
+
+    def quantizers(self) -> List[Tuple[List[str], QParams]]:
+        """Every activation quantizer once: (its members, its params), a group counted once."""
+        grouped = {m for ms in self.groups.values() for m in ms}
+        out = [(list(ms), self.slot(ms[0])) for ms in self.groups.values()]
+        for d in self.layers.values():
+            for key, qp in [(f"{d.layer}:in{i}", q) for i, q in sorted(d.inputs.items())] + [(f"{d.layer}:out", d.output)]:
+                if qp is not None and key not in grouped:
+                    out.append(([key], qp))
+        return [(ms, qp) for ms, qp in out if qp is not None]
+
+    def check_groups(self) -> None:
+        """Raise DecisionsError unless every group's members exist and hold equal params."""
+        for name, members in self.groups.items():
+            try:
+                qps = [self.slot(m) for m in members]
+            except (KeyError, ValueError) as e:
+                raise DecisionsError(f"group '{name}' names a member this file lacks: {e}") from e
+            a = qps[0]
+            for m, b in zip(members[1:], qps[1:]):
+                if (a is None) != (b is None) or (a is not None and not a.same_as(b)):
+                    raise DecisionsError(f"group '{name}': {m} differs from {members[0]}; the members are one "
+                                         "quantizer in the deployed graph, give them the same spec, scale and "
+                                         "zero point")
 
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "meta": self.meta, "layers": [l.to_dict() for l in self.layers.values()]}
+        d = {"format": FORMAT, "meta": self.meta, "layers": [l.to_dict() for l in self.layers.values()]}
+        if self.groups:
+            d["groups"] = self.groups
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1, sort_keys=False)
@@ -141,7 +177,14 @@ class Decisions:
         for ld in d.get("layers", []):
             l = LayerDecision.from_dict(ld)
             layers[l.layer] = l
-        return Decisions(layers, dict(d.get("meta") or {}))
+        groups = d.get("groups") or {}
+        if not isinstance(groups, dict) or not all(isinstance(v, list) and v and all(isinstance(m, str) and ":" in m
+                                                                                   for m in v)
+                                                   for v in groups.values()):
+            raise DecisionsError('"groups" must map each group name to a list of "layer:slot" members')
+        dec = Decisions(layers, dict(d.get("meta") or {}), {k: list(v) for k, v in groups.items()})
+        dec.check_groups()
+        return dec
 
     @staticmethod
     def load(path: str) -> "Decisions":

@@ -130,6 +130,13 @@ class QParams:
             d["scale2"] = float(self.scale2)
         return d
 
+    def same_as(self, other: "QParams") -> bool:
+        """The same quantizer: equal spec, scales, zero points (and second scale)."""
+        return (self.spec == other.spec and self.scale.shape == other.scale.shape
+                and torch.equal(self.scale, other.scale) and torch.equal(self.zero_point, other.zero_point)
+                and (self.scale2 is None) == (other.scale2 is None)
+                and (self.scale2 is None or torch.equal(self.scale2, other.scale2)))
+
     def apply(self, x: torch.Tensor, axis: Optional[int] = None) -> torch.Tensor:
         """Quantize-dequantize ``x`` with these params (channels on ``axis`` when per-channel)."""
         return quant_dequant(x, self, axis)

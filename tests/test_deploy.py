@@ -1,3 +1,5 @@
+import collections
+import dataclasses
 import os
 
 import pytest
@@ -6,6 +8,7 @@ import torch
 import qhyvit_fx as q
 from qhyvit_fx import cli
 from qhyvit_fx.check import check_onnx
+from qhyvit_fx.decisions import Decisions
 from qhyvit_fx.export import export_onnx, ort_callable
 
 
@@ -103,17 +106,18 @@ def test_output_quantizer_feeding_an_input_quantizer_is_tied(tmp_path, tiny_imag
     pm = q.prepare(m, tiny_images[:1], q.QConfig(**cfg))
     q.calibrate(pm, tiny_images)
     dec = pm.meta["qhyvit_decisions"]
-    assert dec.layers["b"].info.get("output_tied_to") == "c input 0"
+    # b's output is c's input: one quantizer, searched on both objectives (b's output, c's output)
     # a's output quantizer sits after its relu (onnxruntime folds the relu into QLinearConv), and
-    # that tensor feeds b directly, so it is tied as well; c's output goes to relu and then a mean
+    # that tensor feeds b directly, so it is b's input quantizer; c's output goes to relu and a mean
     ann = {n.meta["qhyvit_quant"].layer: n.meta["qhyvit_quant"] for n in pm.graph.nodes if "qhyvit_quant" in n.meta}
     assert ann["a"].output_after is not None and ann["b"].output_after is None and ann["c"].output_after is not None
-    assert dec.layers["a"].info.get("output_tied_to") == "b input 0 (theirs set to ours)"
+    assert sorted(dec.groups.values()) == [["a:out", "b:in0"], ["b:out", "c:in0"]]
+    assert dec.layers["b"].info["out_group"] == dec.layers["c"].info["in0_group"]
     oa, ib = dec.layers["a"].output, dec.layers["b"].inputs[0]
-    assert torch.equal(oa.scale, ib.scale) and torch.equal(oa.zero_point, ib.zero_point) and int(oa.zero_point) == 0
-    assert "output_tied_to" not in dec.layers["c"].info
-    ob, ic = dec.layers["b"].output, dec.layers["c"].inputs[0]
-    assert torch.equal(ob.scale, ic.scale) and torch.equal(ob.zero_point, ic.zero_point)
+    assert oa.same_as(ib) and int(oa.zero_point) == 0
+    assert dec.layers["b"].output.same_as(dec.layers["c"].inputs[0])
+    assert ann["b"].observers["out"] == ann["c"].observers["in0"]          # one observer for the group
+    assert dec.meta["group_members_unified"] == 0                          # nothing overwritten afterwards
     qm = q.convert(pm)
     path = str(tmp_path / "b.onnx")
     export_onnx(qm, path)
@@ -132,8 +136,9 @@ def test_full_mode_keeps_every_layer_in_integer_kernels(tmp_path, tiny, tiny_ima
         assert len(rep.ops) == 14 and rep.integer_count == 14, mode
         counts[mode] = sum(n.op_type == "QuantizeLinear" for n in onnx.load(path).graph.node)
     # full mode adds quantizers on the inputs of 3 LayerNorms, the softmax, the SiLUs and 3 adds
-    # (6 operands); where such an input already carries a layer's output quantizer it is shared
-    assert counts["full"] > counts["partial"] + 6
+    # (6 operands); where such an input already carries a layer's output quantizer, or another reader's
+    # quantizer, it is that one (one quantizer per tensor: passes/group_quantizers)
+    assert counts["full"] == counts["partial"] + 6
 
 
 def test_integer_mode_runs_silu_and_residual_adds_in_integer_kernels(tmp_path, tiny, tiny_images):
@@ -165,30 +170,32 @@ def test_integer_mode_runs_silu_and_residual_adds_in_integer_kernels(tmp_path, t
 
 
 def test_integer_mode_search_keeps_one_quantizer_per_tensor(tmp_path, tiny, tiny_images):
-    import dataclasses
-    from qhyvit_fx.api import _one_quantizer_per_tensor
+    from qhyvit_fx.decisions import DecisionsError
     from qhyvit_fx.modules import FakeQuantize
     pm = q.prepare(tiny, tiny_images[:1], q.QConfig(method="qhyvit", target="ort", weight_range_bits=7,
                                                     mode="integer"))
     q.calibrate(pm, tiny_images)
     dec = pm.meta["qhyvit_decisions"]
-    # the stem's output feeds the dw block's first conv (searched) and the residual add (MinMax ranges);
-    # a search that clips the conv input harder must not give that tensor a second quantizer
-    wide = dec.layers["add"].inputs[0]
-    narrow = dataclasses.replace(wide, scale=wide.scale * 0.5)
-    dec.layers["dw.0"].inputs[0] = narrow
-    _one_quantizer_per_tensor(pm, dec)
-    assert dec.layers["dw.0"].inputs[0] is wide and dec.layers["dw.0"].info["input_0_shared_with"] == "add input 0"
+    # the stem's output feeds the dw block's first conv (searched) and the residual add: one group,
+    # decided before calibration, searched once on the conv's objective
+    group = next(name for name, ms in dec.groups.items() if "dw.0:in0" in ms)
+    assert "add:in0" in dec.groups[group] and dec.layers["dw.0"].info["in0_group"] == group
+    assert dec.layers["dw.0"].inputs[0].same_as(dec.layers["add"].inputs[0])
+    assert dec.meta["group_members_unified"] == 0
     qm = q.convert(pm, dec)
     for n in qm.graph.nodes:
         fqs = [u for u in n.users if u.op == "call_module" and isinstance(qm.get_submodule(u.target), FakeQuantize)]
         assert len(fqs) <= 1, n.name
-    path = str(tmp_path / "m.onnx")
-    export_onnx(qm, path)
-    rep = check_onnx(path)
-    assert rep.integer_count == len(rep.ops) == 14
-    ops = rep.optimized_ops
-    assert ops.get("QLinearAdd") == 3 and ops.get("QLinearConcat") == 1 and ops.get("QLinearMul") == 2
+    # an edited file that splits the group is refused, naming the group
+    d = Decisions.from_dict(dec.to_dict())
+    d.groups = {}
+    qp = d.layers["dw.0"].inputs[0]
+    d.layers["dw.0"].inputs[0] = dataclasses.replace(qp, scale=qp.scale * 0.5)
+    with pytest.raises(DecisionsError, match=group):
+        q.convert(pm, d)
+    with pytest.raises(DecisionsError, match="give them the same"):
+        d.groups = dec.groups
+        Decisions.from_dict(d.to_dict())
 
 
 def test_output_quantizers_read_by_float_ops_keep_8_bits(tmp_path, tiny_images):
@@ -273,31 +280,34 @@ def _onnx_quantize_params(path):
     return out
 
 
-@pytest.mark.parametrize("bits", [(8, 8), (6, 6)])
-def test_every_exported_quantizer_is_a_searched_decision(tmp_path, tiny, tiny_images, bits):
+@pytest.mark.parametrize("bits,mode", [((8, 8), "partial"), ((6, 6), "partial"), ((8, 8), "integer")])
+def test_every_exported_quantizer_is_a_searched_decision(tmp_path, tiny, tiny_images, bits, mode):
     """What ships is what was searched: every QuantizeLinear of the exported activations carries the
     scale and zero point of a decisions.json entry, and every activation quantizer of decisions.json
     is in the file."""
     w, a = bits
-    qm, path = _export(tmp_path, tiny, tiny_images, method="qhyvit", target="ort", w_bits=w, a_bits=a)
+    qm, path = _export(tmp_path, tiny, tiny_images, method="qhyvit", target="ort", w_bits=w, a_bits=a, mode=mode)
     dec = qm.meta["qhyvit_decisions"]
     key = lambda qp: (tuple(round(float(v), 9) for v in qp.scale.reshape(-1)),
                       tuple(int(v) for v in qp.zero_point.reshape(-1)))
-    decided = {key(qp) for d in dec.layers.values()
-               for qp in list(d.inputs.values()) + ([d.output] if d.output is not None else []) if qp is not None}
-    shipped = _onnx_quantize_params(path)
-    assert len(shipped) >= 14
-    assert set(shipped) == decided
+    decided = collections.Counter(key(qp) for _, qp in dec.quantizers())
+    shipped = collections.Counter(_onnx_quantize_params(path))
+    assert sum(shipped.values()) >= 14
+    # one QuantizeLinear per decisions entry (a group counts once), equal scale and zero point
+    assert shipped == decided
 
 
 def test_output_quantizers_keep_minmax_ranges_unless_searched(tiny, tiny_images):
     """search_outputs off (default): the output quantizers onnxruntime's fusions need keep their
-    observed ranges, exactly MinMax's; on: the search may clip them."""
+    observed ranges, exactly MinMax's; on: the search may clip them.  An output quantizer that is
+    also a reader's input quantizer (one group) is searched on both objectives either way."""
     def outputs(**kw):
         pm = q.prepare(tiny, tiny_images[:1], q.QConfig.flat(target="ort", **kw))
         q.calibrate(pm, tiny_images)
-        return {d.layer: d.output for d in pm.meta["qhyvit_decisions"].layers.values()
-                if d.output is not None and "output_tied_to" not in d.info}
+        dec = pm.meta["qhyvit_decisions"]
+        assert list(dec.groups.values()) == [["vit.conv_kxk.conv:out", "vit.conv_1x1:in0"]]
+        grouped = {m.split(":")[0] for ms in dec.groups.values() for m in ms if m.endswith(":out")}
+        return {d.layer: d.output for d in dec.layers.values() if d.output is not None and d.layer not in grouped}
     ref, got = outputs(method="minmax"), outputs(method="qhyvit")
     assert set(got) == set(ref) and {"stem.0", "head"} <= set(got)
     for layer, qp in got.items():

@@ -1,5 +1,6 @@
 import copy
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -126,36 +127,45 @@ def test_functional_same_padding_convs_become_quantizable_modules():
         assert (qm(x) - m(x)).abs().max() < 0.05 * m(x).abs().max()
 
 
-def test_share_quantizers_merges_equal_quantizers_of_one_tensor():
-    import torch.fx as fx
-    from qhyvit_fx.modules import FakeQuantize
-    from qhyvit_fx.passes.share_quantizers import share_quantizers
-    from qhyvit_fx.quantizer import QSpec, params_from_range
-    spec = QSpec(bits=8, symmetric=False, signed=False)
-    a = params_from_range(torch.tensor(-1.0), torch.tensor(2.0), spec)
-    b = params_from_range(torch.tensor(-1.0), torch.tensor(3.0), spec)
+class _Fanout(torch.nn.Module):
+    """conv a -> relu read by convs b and c, whose outputs are added, then a 1x1 conv d."""
 
-    class M(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.q1, self.q2, self.q3 = FakeQuantize(a), FakeQuantize(a), FakeQuantize(b)
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.b = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.c = torch.nn.Conv2d(8, 8, 1)
+        self.d = torch.nn.Conv2d(8, 4, 1)
 
-        def forward(self, x):
-            return self.q1(x) + self.q2(x) * self.q3(x)
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        return self.d(self.b(y) + self.c(y))
 
-    class Leaves(fx.Tracer):
-        def is_leaf_module(self, m, name):
-            return isinstance(m, FakeQuantize) or super().is_leaf_module(m, name)
 
-    mod = M()
-    gm = fx.GraphModule(mod, Leaves().trace(mod))
-    x = torch.randn(4, 5) * 2
-    want = gm(x)
-    out = share_quantizers(gm)
-    fqs = [n for n in out.graph.nodes if n.op == "call_module"]
-    assert [n.target for n in fqs] == ["q1", "q3"]          # q2 equals q1 on the same tensor; q3 differs
-    assert out.meta["qhyvit_shared_quantizers"] == 1 and not hasattr(out, "q2")
-    assert torch.equal(out(x), want)
+@pytest.mark.parametrize("target,want", [
+    # onnxruntime: a's quantizer after the relu is b's and c's input quantizer; b's and c's outputs
+    # are read by the float add only; d reads the add
+    ("ort", [["a:in0"], ["a:out", "b:in0", "c:in0"], ["b:out"], ["c:out"], ["d:in0"], ["d:out"]]),
+    # fake-quant: inputs only, each reader its own (per-channel allowed)
+    ("fakequant", [["a:in0"], ["b:in0"], ["c:in0"], ["d:in0"]]),
+])
+def test_group_quantizers_puts_the_points_on_one_tensor_in_one_group(target, want):
+    from qhyvit_fx.modules import ActObserver
+    from qhyvit_fx.passes.group_quantizers import quant_groups
+    m = _Fanout().eval()
+    pm = q.prepare(m, torch.randn(1, 3, 8, 8), q.QConfig(method="minmax", target=target))
+    groups = quant_groups(pm)
+    assert sorted(sorted(f"{l}:{s}" for l, s in g.members) for g in groups) == sorted(want)
+    obs = [n for n in pm.graph.nodes if n.op == "call_module" and isinstance(pm.get_submodule(n.target), ActObserver)]
+    assert len(obs) == len(groups)                          # one observer per group
+    shared = next(g for g in groups if g.shared) if target == "ort" else None
+    if shared is not None:
+        assert not shared.spec.per_channel and shared.axis is None
+        x = torch.randn(4, 3, 8, 8)
+        q.calibrate(pm, x)
+        dec = pm.meta["qhyvit_decisions"]
+        assert dec.layers["b"].inputs[0].same_as(dec.layers["c"].inputs[0])
+        assert dec.layers["a"].output.same_as(dec.layers["b"].inputs[0])
 
 
 def _specialized(model, x):

@@ -33,6 +33,8 @@ class Backend:
                                             # ratios moved into the weights (partial and full mode)
     integer_kernels: bool = False           # the exported graph runs in integer kernels when the
                                             # runtime optimises it (else: Q/DQ evaluated in float)
+    one_quantizer_per_tensor: bool = False  # the input quantizers reading one tensor are one quantizer
+                                            # (the runtime fuses a producer only into a single Q)
 
     def weight_spec(self, spec):
         """The weight spec the kernels can run (symmetric int8 where weights take no zero point)."""

@@ -10,4 +10,4 @@ from .base import Backend, register_backend
 ORT = register_backend(Backend(
     "ort", "onnxruntime integer kernels: per-tensor activations, symmetric weights, Q/DQ on fused outputs",
     per_channel_activations=False, asymmetric_weights=False, searchable_act_scheme=False,
-    fused_outputs=True, migrated_inputs=True, integer_kernels=True))
+    fused_outputs=True, migrated_inputs=True, integer_kernels=True, one_quantizer_per_tensor=True))

@@ -34,6 +34,31 @@ class Method:
         raise NotImplementedError
 
 
+def unify_groups(decisions: Decisions) -> int:
+    """Methods that read observers give a group's members equal params by construction (one observer,
+    one spec); the searches decide each group jointly.  Where a method swaps in a quantizer of its own
+    for one member (FQ-ViT's log2 softmax input, RepQ-ViT's reparameterised norm output), the group's
+    first member -- its output quantizer, else its first reader -- holds for all, as the deployed graph
+    has one quantizer there.  Returns how many members changed (``meta["group_members_unified"]``)."""
+    changed = 0
+    for name, members in decisions.groups.items():
+        lead = decisions.slot(members[0])
+        for m in members[1:]:
+            qp = decisions.slot(m)
+            if lead is None or qp is None or qp.same_as(lead):
+                continue
+            layer, slot = m.rsplit(":", 1)
+            d = decisions.layers[layer]
+            if slot == "out":
+                d.output = lead
+            else:
+                d.inputs[int(slot[2:])] = lead
+            d.info[f"{slot}_from_group_leader"] = members[0]
+            changed += 1
+    decisions.meta["group_members_unified"] = changed
+    return changed
+
+
 def register_method(cls: Type[Method]) -> Type[Method]:
     METHODS[cls.name] = cls
     return cls

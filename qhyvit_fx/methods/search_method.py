@@ -17,6 +17,8 @@ from ..decisions import Decisions, LayerDecision
 from ..passes.annotate import ANNOTATION, quantized_layers, searched_layers
 from ..passes.convert import convert_graph
 from ..search.problem import SearchOptions
+from ..search.shared import SharedPoint, decide_shared
+from ..passes.group_quantizers import quant_groups
 from .base import Method
 from .minmax import MinMax
 from .params import SearchParams
@@ -78,6 +80,18 @@ class SearchMethod(Method):
         names = [n.meta[ANNOTATION].layer for n in quantized_layers(prepared)]
         return {name: layers.get(name) or init.layers[name] for name in names}
 
+    @staticmethod
+    def _decision(ann, res, info: dict, init: Decisions, rows: int) -> LayerDecision:
+        d = LayerDecision(layer=ann.layer, kind=ann.kind, bridge=ann.bridge,
+                          weight=res.weight if ann.weight is not None else None,
+                          inputs={i: q for i, q in zip(sorted(ann.inputs), res.inputs)},
+                          error={"before": res.error_before, "after": res.error_after},
+                          info=dict(info.get(ann.layer, {}), rounds=res.rounds, rows=rows),
+                          bias_delta=res.bias_delta, input_migration=res.migration)
+        if ann.output is not None:
+            d.output = getattr(res, "output", None) or init.layers[ann.layer].output
+        return d
+
     def decide(self, prepared: fx.GraphModule, images: Optional[torch.Tensor]) -> Decisions:
         cfg, params = self.config, self.params
         torch.manual_seed(cfg.seed)
@@ -99,6 +113,7 @@ class SearchMethod(Method):
             from tqdm import tqdm
             it = tqdm(nodes, desc=f"{self.name} search", unit="layer")
         dev = search_device(cfg.device)
+        shared = _SharedGroups(prepared, {n.meta[ANNOTATION].layer for n in nodes})
         for n in it:
             ann = n.meta[ANNOTATION]
             p = _to(probs.pop(n.name), dev)
@@ -107,17 +122,66 @@ class SearchMethod(Method):
                 p.tail = lambda r, idx, t=tail: t(r.cpu(), None if idx is None else idx.cpu()).to(dev)
             with torch.device(dev):
                 res = self.search(p, opts)
-            res = _to(res, "cpu")
-            d = LayerDecision(layer=ann.layer, kind=ann.kind, bridge=ann.bridge,
-                              weight=res.weight if ann.weight is not None else None,
-                              inputs={i: q for i, q in zip(sorted(ann.inputs), res.inputs)},
-                              error={"before": res.error_before, "after": res.error_after},
-                              info=dict(info.get(ann.layer, {}), rounds=res.rounds, rows=p.rows),
-                              bias_delta=res.bias_delta, input_migration=res.migration)
-            if ann.output is not None:
-                d.output = getattr(res, "output", None) or init.layers[ann.layer].output
-            layers[ann.layer] = d
+                resolved = shared.searched(ann, p, res, opts)
+            for layer, res in resolved:
+                layers[layer] = self._decision(shared.anns[layer], _to(res, "cpu"), info, init, shared.rows[layer])
+                layers[layer].info.update(shared.notes.pop(layer, {}))
         layers = self.finish(prepared, layers, init)
+        shared.apply(layers)
         meta = {"method": self.name, "seconds_collect": round(t_collect, 2),
                 "seconds_total": round(time.time() - t0, 2)}
         return Decisions(layers, meta)
+
+
+class _SharedGroups:
+    """Holds the searched layers that belong to a shared quantizer group until every searched member
+    of the group is done, then decides the group on all of their objectives (search/shared.py)."""
+
+    def __init__(self, prepared: fx.GraphModule, searched: set):
+        self.anns = {n.meta[ANNOTATION].layer: n.meta[ANNOTATION] for n in quantized_layers(prepared)}
+        self.groups = [g for g in quant_groups(prepared) if g.shared]
+        self.waiting = {g.name: {layer for layer, _ in g.members if layer in searched} for g in self.groups}
+        self.held: dict = {}           # layer -> (problem, result) while a group of it is open
+        self.rows: dict = {}
+        self.decided: dict = {}        # group name -> QParams
+        self.notes: dict = {}          # layer -> decision info about its groups
+
+    def searched(self, ann, p, res, opts) -> list:
+        """[(layer, result)] whose decisions are final now (this layer's, and the held members of
+        every group this layer closes, refitted to the group's quantizer)."""
+        self.rows[ann.layer] = p.rows
+        mine = [g for g in self.groups if ann.layer in self.waiting[g.name]]
+        if not mine:
+            return [(ann.layer, res)]
+        self.held[ann.layer] = (p, res)
+        for g in mine:
+            self.waiting[g.name].discard(ann.layer)
+            if self.waiting[g.name]:
+                continue
+            pts = [(layer, slot) for layer, slot in g.members if layer in self.held]
+            got = decide_shared([SharedPoint(*self.held[l], s) for l, s in pts], g.spec, opts)
+            if got is None:
+                continue
+            qp, err, results = got
+            self.decided[g.name] = _to(qp, "cpu")
+            for (layer, slot), r in zip(pts, results):
+                self.notes.setdefault(layer, {}).update({f"{slot}_group": g.name, f"{slot}_group_error": err})
+                self.held[layer] = (self.held[layer][0], r)
+        out = []
+        for layer in list(self.held):
+            if not any(self.waiting[g.name] and any(m[0] == layer for m in g.members) for g in self.groups):
+                out.append((layer, self.held.pop(layer)[1]))
+        return out
+
+    def apply(self, layers: dict) -> None:
+        """Members that no search covered (full-mode ops, MinMax-decided) take the group's quantizer."""
+        for g in self.groups:
+            qp = self.decided.get(g.name)
+            if qp is None:
+                continue
+            for layer, slot in g.members:
+                d = layers[layer]
+                if slot == "out":
+                    d.output = qp
+                else:
+                    d.inputs[int(slot[2:])] = qp

@@ -38,6 +38,7 @@ class QuantAnnotation:
     bridge: Optional[int] = None                # bridge block id, if a member
     bridge_role: Optional[str] = None
     observers: Dict[str, str] = field(default_factory=dict)   # 'in0' / 'out' -> submodule name
+    groups: Dict[str, str] = field(default_factory=dict)      # 'in0' / 'out' -> quantizer group (group_quantizers)
     # input index -> (producer, fx node name): the op that made the input, seen through layout ops
     # ("softmax", "gelu", "silu", "layernorm", "groupnorm", ...; "via layout" appended when reshapes
     # sit in between).  The baselines pick their special quantizers from it.

@@ -16,8 +16,6 @@ from ..modules import MigratedQuantize, QuantConv2d, QuantLinear, make_quantizer
 from ..patterns.kinds import shape as node_shape
 from ..quantizer import QParams
 from .annotate import ANNOTATION, migratable
-from .quantize_every_use import quantize_every_use
-from .share_quantizers import share_quantizers
 
 RECORDER = "qhyvit_calib_recorder"
 
@@ -100,6 +98,7 @@ def convert_graph(prepared: fx.GraphModule, decisions: Decisions) -> fx.GraphMod
             node.replace_all_uses_with(node.args[0])
             g.erase_node(node)
     _check_layers_match(g, decisions)
+    placed = {}                     # observer (group) name -> (layer, slot, params) of its first member
     for node in list(g.nodes):
         ann = node.meta.get(ANNOTATION)
         if ann is None:
@@ -118,17 +117,28 @@ def convert_graph(prepared: fx.GraphModule, decisions: Decisions) -> fx.GraphMod
         if ann.weight is not None and d.weight is not None:
             gm.add_submodule(node.target, _quantized_layer(gm.get_submodule(node.target), ann.layer, d, dq_scale))
         for slot, obs_name in ann.observers.items():
+            qp = d.output if slot == "out" else d.inputs.get(int(slot[2:]))
+            if obs_name in placed:
+                _check_shared(obs_name, placed[obs_name], (ann.layer, slot, qp))
+                continue
+            placed[obs_name] = (ann.layer, slot, qp)
             _place_quantizer(gm, ann.layer, slot, obs_name, d, dq_scale)
     g.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
-    gm = share_quantizers(gm)
-    config = prepared.meta.get("qhyvit_config")
-    if config is not None and config.mode_rules.integer_tensors:
-        gm = quantize_every_use(gm)
     gm.meta["qhyvit_decisions"] = decisions
     gm.meta["qhyvit_converted"] = True
     return gm
+
+
+def _check_shared(group: str, first, other) -> None:
+    """The members of a quantizer group (passes/group_quantizers) are one quantizer: equal params."""
+    (l0, s0, a), (l1, s1, b) = first, other
+    same = (a is None) == (b is None) and (a is None or a.same_as(b))
+    if not same:
+        raise DecisionsError(f"'{l1}' {s1} and '{l0}' {s0} share one quantizer in the deployed graph "
+                             f"(decisions \"groups\": {group}) but their decisions differ; give every member "
+                             "of the group the same spec, scale and zero point")
 
 
 def _check_layers_match(g: fx.Graph, decisions: Decisions) -> None:
