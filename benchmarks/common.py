@@ -194,6 +194,8 @@ VARIANTS = {
     "qhyvit-ort-nomig-out6": dict(method="qhyvit", target="ort", kernel="auto", act_channel_migrate=False,
                                   output_bits=6),
     "qhyvit-ort-searchout": dict(method="qhyvit", target="ort", kernel="auto", search_outputs=True),
+    "qhyvit-ort-gptq": dict(method="qhyvit", target="ort", kernel="auto", weight_rounding="gptq"),
+    "qhyvit-ort-readers": dict(method="qhyvit", target="ort", kernel="auto", shared_output_objective=False),
 }
 
 
@@ -275,3 +277,26 @@ def cell(name, variant, bits, lm, calib, batches, fp, labels, ort: bool, fresh: 
 def _choices(dec) -> dict:
     from qhyvit_fx.report import choice_counts
     return choice_counts(dec)
+
+
+def export_fp32(model, x, path):
+    """The float model as ONNX (TorchScript exporter, our opset), dynamic batch."""
+    from qhyvit_fx.export import OPSET
+    with torch.no_grad():
+        torch.onnx.export(model, (x[:1],), path, dynamo=False, opset_version=OPSET, input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+
+
+def ort_quantize(fp32, out, calib, act_type, **kw):
+    """onnxruntime ``quantize_static`` (QDQ, int8 weights) of ``fp32`` on the images ``calib``; ``kw``
+    go to quantize_static (per_channel, op_types_to_quantize, ...)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"input": calib[i:i + 1].numpy()} for i in range(len(calib))])
+
+        def get_next(self):
+            return next(self.it, None)
+    quantize_static(fp32, out, Reader(), quant_format=QuantFormat.QDQ, activation_type=act_type,
+                    weight_type=QuantType.QInt8, **kw)

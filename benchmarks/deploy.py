@@ -28,15 +28,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (CACHE, CIFAR_MODELS, IMAGENET_CONTROL, RESULTS, cached, load, metrics, quantize,  # noqa: E402
-                    run_model, splits, store, write_json)
-
-
-def export_fp32(model, x, path):
-    from qhyvit_fx.export import OPSET
-    with torch.no_grad():
-        torch.onnx.export(model, (x[:1],), path, dynamo=False, opset_version=OPSET, input_names=["input"],
-                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+from common import (CACHE, CIFAR_MODELS, IMAGENET_CONTROL, RESULTS, cached, export_fp32, load, metrics,  # noqa: E402
+                    ort_quantize, quantize, run_model, splits, store, write_json)
 
 
 def export_fp32_specialised(model, x, path):
@@ -46,19 +39,6 @@ def export_fp32_specialised(model, x, path):
     from qhyvit_fx.export import export_onnx
     from qhyvit_fx.passes.cleanup import remove_noops
     export_onnx(remove_noops(capture(model, (x[:1],))), path, example_input=x[:1])
-
-
-def ort_quantize(fp32, out, calib, act_type):
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter([{"input": calib[i:i + 1].numpy()} for i in range(len(calib))])
-
-        def get_next(self):
-            return next(self.it, None)
-    quantize_static(fp32, out, Reader(), quant_format=QuantFormat.QDQ, activation_type=act_type,
-                    weight_type=QuantType.QInt8)
 
 
 LATENCY_CONFIGS = (("t1_b1", 1, 1), ("t2_b1", 2, 1), ("t1_b8", 1, 8), ("t2_b8", 2, 8))

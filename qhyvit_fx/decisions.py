@@ -6,11 +6,16 @@ granularity or scheme of any layer and re-convert.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
 
 from .quantizer import QParams
 
@@ -40,6 +45,9 @@ class LayerDecision:
     # codes (inputs[0], scales s_c) are read with the one scale s_c / m_c, and the weight decision
     # is for W * m (input channels); convert corrects the bias for the zero points
     input_migration: Optional[Any] = None
+    # integer weight codes [C, Kg] chosen by a rounding search (search/rounding.py) for ``weight``'s
+    # scale and zero point, instead of rounding to nearest; convert stores them as they are
+    weight_codes: Optional[Any] = None
 
     def to_dict(self) -> dict:
         d = {"layer": self.layer, "kind": self.kind, "bridge": self.bridge,
@@ -54,6 +62,9 @@ class LayerDecision:
                             "in_shift": [float(v) for v in self.reparam["in_shift"].reshape(-1)]}
         if self.input_migration is not None:
             d["input_migration"] = [float(v) for v in self.input_migration.reshape(-1)]
+        if self.weight_codes is not None:       # base64 of the int8 bytes: a JSON list would be 4x larger
+            c = self.weight_codes.to(torch.int8).contiguous()
+            d["weight_codes"] = {"shape": list(c.shape), "int8_base64": base64.b64encode(c.numpy().tobytes()).decode()}
         if self.error:
             d["error"] = {k: float(v) for k, v in self.error.items()}
         if self.info:
@@ -78,7 +89,8 @@ class LayerDecision:
                 output=qp(d.get("output"), "output"),
                 error=dict(d.get("error") or {}), info=dict(d.get("info") or {}),
                 bias_delta=_bias(d.get("bias_delta"), name), reparam=_reparam(d.get("reparam"), name),
-                input_migration=_migration(d.get("input_migration"), name))
+                input_migration=_migration(d.get("input_migration"), name),
+                weight_codes=_codes(d.get("weight_codes"), name))
         except KeyError as e:
             raise DecisionsError(f"a layer entry lacks the key {e}") from e
 
@@ -102,6 +114,19 @@ def _migration(v, name):
         raise DecisionsError(f"layer '{name}': input_migration must be a list of positive numbers, "
                              "one per input channel")
     return m
+
+
+def _codes(v, name):
+    if v is None:
+        return None
+    try:
+        shape = [int(n) for n in v["shape"]]
+        raw = base64.b64decode(v["int8_base64"], validate=True)
+    except (KeyError, TypeError, ValueError, binascii.Error) as e:
+        raise DecisionsError(f"layer '{name}': weight_codes needs \"shape\" and \"int8_base64\" ({e})") from e
+    if len(shape) != 2 or shape[0] * shape[1] != len(raw):
+        raise DecisionsError(f"layer '{name}': weight_codes holds {len(raw)} bytes for shape {shape}")
+    return torch.from_numpy(np.frombuffer(raw, dtype=np.int8).copy()).reshape(shape)
 
 
 def _reparam(v, name):

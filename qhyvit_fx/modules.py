@@ -281,6 +281,16 @@ class _QuantWeightMixin:
         self._w_zp_list = [int(v) for v in qp.zero_point.reshape(-1)]
         self.w_zp_overflow = qp.zp_overflow
 
+    def set_codes(self, codes: torch.Tensor, layer: str = "") -> None:
+        """Store integer codes chosen by a rounding search ([C, Kg] or the weight's shape)."""
+        from .decisions import DecisionsError
+        if codes.numel() != self.weight_int.numel():
+            raise DecisionsError(f"layer '{layer}': weight_codes has {codes.numel()} values for a weight of "
+                                 f"{self.weight_int.numel()}")
+        if int(codes.min()) < self.w_spec.qmin or int(codes.max()) > self.w_spec.qmax:
+            raise DecisionsError(f"layer '{layer}': weight_codes lie outside [{self.w_spec.qmin}, {self.w_spec.qmax}]")
+        self.weight_int = codes.to(torch.int8).reshape(self.weight_int.shape).clone()
+
     def dequantized_weight(self) -> torch.Tensor:
         return _DQWeight.apply(self.weight_int, self.w_scale, self.w_zero_point, self._w_axis,
                                self._w_scale_list, self._w_zp_list)

@@ -1,4 +1,5 @@
 import copy
+import json
 from dataclasses import replace
 
 import pytest
@@ -343,3 +344,62 @@ def test_widened_channel_ranges_cover_what_new_images_bring():
     assert cv["wide"] < 0.5 * cv["narrow"]
     with pytest.raises(ConfigError, match="act_channel_beta"):
         q.QConfig.flat(method="qhyvit", act_channel_beta=1.0)
+
+
+def test_gptq_rounding_equals_nearest_without_input_correlation_and_beats_it_with():
+    from qhyvit_fx.quantizer import QSpec, fake_quant, params_from_range
+    from qhyvit_fx.search.rounding import dequantize, gptq_codes, gram
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(6, 12, generator=g)
+    spec = QSpec(bits=4, symmetric=True, signed=True, per_channel=True, axis=0)
+    qp = params_from_range(w.min(1).values, w.max(1).values, spec)
+    rtn = fake_quant(w, qp.scale, qp.zero_point, spec.qmin, spec.qmax, axis=0)
+    # H = I (no damping effect on a diagonal): compensation never moves another column -> nearest
+    eye = gptq_codes(w, qp, torch.eye(12)[None], damp=0.0)
+    assert torch.equal(dequantize(eye, qp), rtn)
+    # correlated inputs: the output error is lower than with nearest rounding
+    x = torch.randn(512, 3, generator=g) @ torch.randn(3, 12, generator=g) + 0.1 * torch.randn(512, 12, generator=g)
+    codes = gptq_codes(w, qp, gram(x, torch.ones(512), 1))
+    assert int(codes.min()) >= spec.qmin and int(codes.max()) <= spec.qmax
+    err = lambda wq: float(((x @ (wq - w).t()) ** 2).sum())
+    assert err(dequantize(codes, qp)) < 0.5 * err(rtn)
+    # groups are independent problems: a depthwise layer (6 groups of 2 inputs) solved batched equals
+    # each group solved alone
+    xd = torch.randn(256, 12, generator=g)
+    wd = torch.randn(6, 2, generator=g)
+    qd = params_from_range(wd.min(1).values, wd.max(1).values, spec)
+    batched = gptq_codes(wd, qd, gram(xd, torch.ones(256), 6))
+    for c in range(6):
+        one = gptq_codes(wd[c:c + 1], type(qd)(spec, qd.scale[c:c + 1], qd.zero_point[c:c + 1]),
+                         gram(xd[:, 2 * c:2 * c + 2], torch.ones(256), 1))
+        assert torch.equal(batched[c:c + 1], one)
+
+
+def test_gptq_rounding_ships_its_codes(tmp_path, tiny, tiny_images):
+    """weight_rounding="gptq": layers keep GPTQ codes only where they lower the objective; the codes
+    survive decisions.json and are the exported ONNX weights."""
+    import onnx
+    from onnx import numpy_helper
+    from qhyvit_fx.export import export_onnx
+    cfg = q.QConfig.flat(method="qhyvit", target="ort", w_bits=4, a_bits=8, weight_rounding="gptq")
+    pm = q.prepare(tiny, tiny_images[:1], cfg)
+    q.calibrate(pm, tiny_images)
+    dec = pm.meta["qhyvit_decisions"]
+    near = q.prepare(tiny, tiny_images[:1], q.QConfig.flat(method="qhyvit", target="ort", w_bits=4, a_bits=8))
+    q.calibrate(near, tiny_images)
+    ref = near.meta["qhyvit_decisions"]
+    rounded = [n for n, d in dec.layers.items() if d.weight_codes is not None]
+    assert len(rounded) >= 3
+    for n in rounded:
+        assert dec.layers[n].error["after"] < ref.layers[n].error["after"]
+    back = Decisions.from_dict(json.loads(dec.to_json()))
+    assert all(torch.equal(back.layers[n].weight_codes, dec.layers[n].weight_codes) for n in rounded)
+    qm = q.convert(pm, back)
+    layer = rounded[0]
+    mod = qm.get_submodule(layer)
+    assert torch.equal(mod.weight_int.reshape(mod.weight_int.shape[0], -1), dec.layers[layer].weight_codes)
+    path = str(tmp_path / "g.onnx")
+    export_onnx(qm, path)
+    inits = [numpy_helper.to_array(i) for i in onnx.load(path).graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    codes = mod.weight_int.numpy()
+    assert any(a.shape == codes.shape and (a == codes).all() for a in inits)

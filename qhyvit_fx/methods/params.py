@@ -89,6 +89,8 @@ class SearchParams(MethodParams):
     search_granularity = False
     search_scheme = False
     search_outputs = False
+    shared_output_objective = True
+    weight_rounding = "nearest"
     act_channel_migrate = False
     bridge_objective = False
     act_cv = False

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..search.hybrid import hybrid_step
+from ..search.rounding import ROUNDINGS
 from .base import register_method
 from .params import CALIB_AUGMENTS, SearchParams, param
 from .search_method import SearchMethod, _to, search_device, search_options  # noqa: F401  (public here too)
@@ -22,6 +23,9 @@ class QHyViTParams(SearchParams):
     search_outputs: bool = param(False,
         "search output quantizers (target ort) with the layer objective; off: MinMax ranges (on held-out "
         "training images at W8A8 searched ones raised KL by about 50 % on both MobileViTs)")
+    shared_output_objective: bool = param(True,
+        "a quantizer shared by a layer's output and its readers' inputs (passes/group_quantizers) is also "
+        "scored at that layer's objective; off: at its readers' objectives only")
     act_channel_migrate: bool = param(True,
         "target ort, partial/full mode: per-channel input ranges stay a choice on linears and unpadded "
         "ungrouped convs, deployed as per-channel codes read with one scale, the ratios moved into the weights")
@@ -32,6 +36,10 @@ class QHyViTParams(SearchParams):
     calib_augment: str = param("none",
         "flip: the search also sees every calibration image mirrored left-right (twice the activation "
         "samples; +50 % calibration time, mixed on held-out data)", choices=CALIB_AUGMENTS)
+    weight_rounding: str = param("nearest",
+        "gptq: weight codes chosen column by column with the rounding error compensated through the layer "
+        "objective's Gram matrix (kept per layer only where it lowers the objective); nearest: round to nearest",
+        choices=ROUNDINGS)
     bias_correction: bool = param(False,
         "remove each conv/linear's mean quantization shift (decisions: bias_delta)")
 

@@ -87,7 +87,8 @@ class SearchMethod(Method):
                           inputs={i: q for i, q in zip(sorted(ann.inputs), res.inputs)},
                           error={"before": res.error_before, "after": res.error_after},
                           info=dict(info.get(ann.layer, {}), rounds=res.rounds, rows=rows),
-                          bias_delta=res.bias_delta, input_migration=res.migration)
+                          bias_delta=res.bias_delta, input_migration=res.migration,
+                          weight_codes=getattr(res, "weight_codes", None))
         if ann.output is not None:
             d.output = getattr(res, "output", None) or init.layers[ann.layer].output
         return d

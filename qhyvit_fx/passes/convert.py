@@ -166,6 +166,8 @@ def _quantized_layer(mod: nn.Module, layer: str, d, dq_scale: Optional[float]) -
                                  f"values for {mod.weight.shape[1]} input channels")
         mod = _scaled_input_channels(mod, d.input_migration)
     q = QuantConv2d(mod, d.weight) if isinstance(mod, nn.Conv2d) else QuantLinear(mod, d.weight)
+    if d.weight_codes is not None:
+        q.set_codes(d.weight_codes, layer)
     if dq_scale is not None:
         _zero_point_bias(q, d.inputs[0], dq_scale, 0)
     if d.bias_delta is not None:

@@ -6,7 +6,9 @@ an annotated node.  Points on the same tensor are put in one group (union-find, 
 
 * an output quantizer and the input quantizers that read its tensor: two different Q/DQ pairs back
   to back make onnxruntime merge them and, where a layout op lands in between, keep the layer in
-  float; and a quantizer after a ReLU must be the reader's too, or the ReLU is not folded;
+  float; and a quantizer after a ReLU must be the reader's too, or the ReLU is not folded.  (Except
+  where the output keeps more bits than its quantized readers read and a float op reads it too;
+  then the readers requantize the output's codes);
 * on targets whose kernels need one quantizer per tensor (``Backend.one_quantizer_per_tensor``) or
   in integer mode, every input quantizer that reads one tensor: onnxruntime fuses the producer into
   an integer kernel only when its output goes through a single QuantizeLinear.
@@ -26,6 +28,7 @@ from typing import Dict, List, Tuple
 import torch.fx as fx
 from networkx.utils import UnionFind
 
+from ..patterns.kinds import metadata_read
 from ..quantizer import QSpec
 from .annotate import ANNOTATION, quantized_layers
 
@@ -72,10 +75,15 @@ def group_quantizers(gm: fx.GraphModule) -> fx.GraphModule:
     for layer, slot, tensor, _ in points:
         uf[(layer, slot)]
         on_tensor.setdefault(tensor, []).append((layer, slot))
+    readers = {(layer, slot): node for layer, slot, _, node in points}
     for tensor, pts in on_tensor.items():
         outs = [p for p in pts if p[1] == "out"]
-        if outs or per_tensor:
-            uf.union(*pts)
+        ins = [p for p in pts if p[1] != "out"]
+        if per_tensor and len(ins) > 1:
+            uf.union(*ins)
+        if outs and ins and _output_joins(anns[outs[0][0]].output, [_spec_of(anns[l], s) for l, s in ins],
+                                          tensor, {readers[p] for p in ins}):
+            uf.union(outs[0], *ins)
     tensor_of = {(layer, slot): tensor for layer, slot, tensor, _ in points}
     groups: List[QuantGroup] = []
     seen = set()
@@ -91,6 +99,16 @@ def group_quantizers(gm: fx.GraphModule) -> fx.GraphModule:
             anns[layer].groups[slot] = g.name
     gm.meta[GROUPS] = groups
     return gm
+
+
+def _output_joins(out: QSpec, ins: List[QSpec], tensor: fx.Node, quantized_readers: set) -> bool:
+    """Whether an output quantizer is its readers' input quantizer too.  Not when it keeps more bits
+    than they read (``output_bits``) for a reader that takes the tensor in float (a residual add in
+    partial mode): that reader keeps the finer codes, and the quantized readers requantize them."""
+    if out.bits <= min(sp.bits for sp in ins):
+        return True
+    return not any(u.op == "output" or (u not in quantized_readers and metadata_read(u) is None)
+                   for u in tensor.users)
 
 
 def _spec_of(ann, slot: str) -> QSpec:

@@ -32,6 +32,7 @@ from ..quantizer import QParams, QSpec, channel_minmax, fake_quant, params_from_
 from .candidates import (candidate_params, chunks, fractions_for, one, quant_operand, quant_patches,  # noqa: F401
                          slice_candidates, spec_combos, take, weight_candidates)
 from .problem import ActStats, MatmulProblem, SearchOptions, WeightedLayerProblem
+from .rounding import dequantize, round_weight
 
 
 @dataclass
@@ -58,6 +59,7 @@ class LayerResult:
     bias_delta: Optional[torch.Tensor] = None     # added to the layer bias (bias correction)
     output: Optional[QParams] = None              # searched output quantizer
     migration: Optional[torch.Tensor] = None      # [K] input-channel ratios moved into the weight
+    weight_codes: Optional[torch.Tensor] = None   # [C, Kg] int8 codes other than round-to-nearest (rounding.py)
 
 
 # ---- candidates ----------------------------------------------------------------------------
@@ -321,10 +323,33 @@ def _moved(qp: QParams, w_from: torch.Tensor, w_to: torch.Tensor) -> QParams:
     return QParams(qp.spec, (qp.scale / a.scale * b.scale).clamp_min(1e-8), b.zero_point, b.zp_overflow)
 
 
-def _effective_weight(p: WeightedLayerProblem, wqp: QParams, m: Optional[torch.Tensor]) -> torch.Tensor:
-    """The quantized weight [C, Kg] as the layer applies it to x_hat (Q(W * m) / m)."""
-    wq = weight_candidates(_weight_in(p, m), one(wqp))[0]
+def _effective_weight(p: WeightedLayerProblem, wqp: QParams, m: Optional[torch.Tensor],
+                      codes: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The quantized weight [C, Kg] as the layer applies it to x_hat (Q(W * m) / m); ``codes``: the
+    integer codes when they are not round-to-nearest."""
+    wq = weight_candidates(_weight_in(p, m), one(wqp))[0] if codes is None else dequantize(codes, wqp)
     return wq if m is None else wq / m[p.col_channel][None, :]
+
+
+def result_weight(p: WeightedLayerProblem, res: "LayerResult") -> torch.Tensor:
+    """The effective quantized weight [C, Kg] of a weighted layer's search result."""
+    return _effective_weight(p, res.weight, res.migration, res.weight_codes)
+
+
+def rounded_codes(p: WeightedLayerProblem, wqp: QParams, in_qp: QParams, m: Optional[torch.Tensor],
+                  opts: SearchOptions) -> Optional[torch.Tensor]:
+    """Weight codes from the rounding that ``opts.weight_rounding`` names (None: round-to-nearest is
+    kept, by choice or because it scored better on the layer objective)."""
+    if opts.weight_rounding == "nearest":
+        return None
+    xq = quant_patches(p, p.patches, in_qp)
+    x_dom = xq if m is None else xq / m[p.col_channel][None, :]
+
+    def err_of(wq_dom):
+        wq = wq_dom if m is None else wq_dom / m[p.col_channel][None, :]
+        return float(_w_err_direct(p, xq, wq[None], p.rows, opts).sum())
+    codes, _, _ = round_weight(x_dom, _weight_in(p, m), wqp, p.grad2.mean(-1), p.groups, err_of)
+    return codes
 
 
 
@@ -433,22 +458,24 @@ def search_weighted(p: WeightedLayerProblem, opts: SearchOptions) -> LayerResult
             if last - now <= opts.round_tol * last:
                 break
             last = now
-        after = _total_weighted(p, wch, ach, m, opts)
+        codes = rounded_codes(p, wch.qp, ach.qp, m, opts)
+        wq = _effective_weight(p, wch.qp, m, codes)
+        after = float(_w_err_direct(p, quant_patches(p, p.patches, ach.qp), wq[None], p.rows, opts).sum())
         delta = None
         if opts.bias_correction and p.tail is None:
             # empirical bias correction: remove the mean output shift the quantizers cause
             xq = quant_patches(p, p.patches, ach.qp)
-            delta = -(p.layer_forward(xq, _effective_weight(p, wch.qp, m)) - p.out_fp).mean(0)
-        out_qp = _search_output(p, wch, ach, m, opts) if p.o_spec is not None and p.tail is None else None
+            delta = -(p.layer_forward(xq, wq) - p.out_fp).mean(0)
+        out_qp = _search_output(p, wq, ach, opts) if p.o_spec is not None and p.tail is None else None
     return LayerResult(p.name, wch.qp, [ach.qp], before, after, rounds, stats.get("evals", 0), bias_delta=delta,
-                       output=out_qp, migration=None if m is None else m.clone())
+                       output=out_qp, migration=None if m is None else m.clone(), weight_codes=codes)
 
 
-def _search_output(p: WeightedLayerProblem, wch: Choice, ach: Choice, m, opts: SearchOptions) -> QParams:
-    """Scale of the output quantizer (per-tensor, its annotated scheme) for the chosen weight and
-    input quantizers: same objective, candidates, K-fold validation and successive halving."""
+def _search_output(p: WeightedLayerProblem, wq: torch.Tensor, ach: Choice, opts: SearchOptions) -> QParams:
+    """Scale of the output quantizer (per-tensor, its annotated scheme) for the chosen (effective)
+    weight and input quantizer: same objective, candidates, K-fold validation and successive halving."""
     f = fractions_for(opts)
-    o = p.layer_forward(quant_patches(p, p.patches, ach.qp), _effective_weight(p, wch.qp, m))
+    o = p.layer_forward(quant_patches(p, p.patches, ach.qp), wq)
     spec = p.o_spec
 
     def err_of(idx, rows):

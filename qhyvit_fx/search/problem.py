@@ -134,5 +134,7 @@ class SearchOptions:
     exhaustive: bool = False                         # every candidate on every row (reference)
     act_cv: bool = True                              # activation candidates scored by K-fold validation
     bias_correction: bool = False                    # correct the mean output shift of every conv/linear
+    shared_output_objective: bool = True             # a shared output quantizer is scored at its layer too
+    weight_rounding: str = "nearest"                 # "gptq": codes error-compensated on the objective
     chunk_elems: int = 1 << 22                       # bound on [candidates x rows x channels] per step
     quadratic_max_elems: int = 1 << 26               # bound on the per-channel Gram matrices C*Kg*Kg

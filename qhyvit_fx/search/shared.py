@@ -9,7 +9,7 @@ quantizer to the shared input (one weight step).  Tensors in, decision out.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import List, Optional, Tuple
 
 import torch
@@ -17,7 +17,7 @@ import torch
 from ..quantizer import QParams, QSpec, fake_quant
 from .candidates import candidate_params, chunks, fractions_for, quant_operand, quant_patches, take
 from .hybrid import (Choice, LayerResult, _act_errors, _effective_weight, _fold_parts, _mm_err, _search_weight,
-                     _total_weighted)
+                     _w_err_direct, result_weight, rounded_codes)
 from .problem import ActStats, MatmulProblem, SearchOptions, WeightedLayerProblem
 
 
@@ -42,7 +42,7 @@ def _output_errors(p: WeightedLayerProblem, res: LayerResult, spec: QSpec, f: to
     """Errors [n] of output-quantizer candidates on the layer's (or its bridge's) objective."""
     if p.o_stats is None:
         return None
-    o = p.layer_forward(quant_patches(p, p.patches, res.inputs[0]), _effective_weight(p, res.weight, res.migration))
+    o = p.layer_forward(quant_patches(p, p.patches, res.inputs[0]), result_weight(p, res))
     if res.bias_delta is not None:
         o = o + res.bias_delta
     total = torch.zeros(len(f))
@@ -70,10 +70,10 @@ def point_errors(pt: SharedPoint, spec: QSpec, f: torch.Tensor, opts: SearchOpti
         lines = p.a.shape[1] if i == 0 else p.b.shape[2]
         return _mm_err(p, i, candidate_params(*p.stats[i].range(False), spec, f), other, lines, opts)
     if pt.slot == "out":
-        return _output_errors(p, res, spec, f, opts)
+        return _output_errors(p, res, spec, f, opts) if opts.shared_output_objective else None
     if res.migration is not None:           # (a group's readers never migrate; kept for edited annotations)
         return None
-    return _act_errors(p, spec, f, _effective_weight(p, res.weight, None), p.rows, opts)
+    return _act_errors(p, spec, f, result_weight(p, res), p.rows, opts)
 
 
 def decide_shared(points: List[SharedPoint], spec: QSpec, opts: SearchOptions
@@ -103,20 +103,18 @@ def _refit(pt: SharedPoint, qp: QParams, opts: SearchOptions) -> LayerResult:
     for it (kept unless strictly better), and its objective recomputed."""
     p, res = pt.problem, pt.result
     if pt.slot == "out":
-        return LayerResult(res.name, res.weight, list(res.inputs), res.error_before, res.error_after, res.rounds,
-                           res.evaluations, dict(res.info), res.bias_delta, qp, res.migration)
+        return replace(res, output=qp)
     i = int(pt.slot[2:])
     inputs = list(res.inputs)
     inputs[i] = qp
-    weight, after = res.weight, res.error_after
     if isinstance(p, MatmulProblem):
         qa, qb = quant_operand(p.a, inputs[0]), quant_operand(p.b, inputs[1])
         d = qa @ qb - p.out_fp
-        after = float((p.grad2 * d * d).sum())
-    elif res.migration is None:
-        xq = quant_patches(p, p.patches, qp)
-        w = _search_weight(p, xq, Choice(res.weight, ("own",)), opts, {})
-        weight = w.qp
-        after = _total_weighted(p, w, Choice(qp, ("shared",)), None, opts)
-    return LayerResult(res.name, weight, inputs, res.error_before, after, res.rounds, res.evaluations,
-                       dict(res.info), res.bias_delta, res.output, res.migration)
+        return replace(res, inputs=inputs, error_after=float((p.grad2 * d * d).sum()))
+    if res.migration is not None:
+        return replace(res, inputs=inputs)
+    xq = quant_patches(p, p.patches, qp)
+    weight = _search_weight(p, xq, Choice(res.weight, ("own",)), opts, {}).qp
+    codes = rounded_codes(p, weight, qp, None, opts)
+    after = float(_w_err_direct(p, xq, _effective_weight(p, weight, None, codes)[None], p.rows, opts).sum())
+    return replace(res, weight=weight, inputs=inputs, error_after=after, weight_codes=codes)
