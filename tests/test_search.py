@@ -403,3 +403,24 @@ def test_gptq_rounding_ships_its_codes(tmp_path, tiny, tiny_images):
     inits = [numpy_helper.to_array(i) for i in onnx.load(path).graph.initializer if i.data_type == onnx.TensorProto.INT8]
     codes = mod.weight_int.numpy()
     assert any(a.shape == codes.shape and (a == codes).all() for a in inits)
+
+
+def test_output_candidates_clip_each_end_and_the_activation_behind_is_found(tiny, tiny_images):
+    from qhyvit_fx.calibration.interpreters import output_activation
+    from qhyvit_fx.passes.annotate import ANNOTATION
+    from qhyvit_fx.quantizer import QSpec
+    spec = QSpec(bits=8, symmetric=False, signed=False)
+    f = torch.tensor([0.5, 1.0])
+    c = H.output_candidates(torch.tensor(-8.0), torch.tensor(2.0), spec, f)
+    assert c.scale.numel() == len(H.OUTPUT_LO_FRACTIONS) * 2
+    # MinMax itself (lower fraction 1, scale fraction 1) and a range whose lower end shrank to 0.05 * lo
+    assert abs(float(c.scale[1]) - 10.0 / 255) < 1e-6
+    j = 2 * H.OUTPUT_LO_FRACTIONS.index(0.05) + 1
+    lo = -float(c.zero_point[j]) * float(c.scale[j])
+    assert abs(lo - (-0.4)) < float(c.scale[j]) and abs(lo + float(c.scale[j]) * 255 - 2.0) < float(c.scale[j])
+    sym = H.output_candidates(torch.tensor(-8.0), torch.tensor(2.0), QSpec(bits=8, symmetric=True, signed=True), f)
+    assert sym.scale.numel() == 2
+    pm = q.prepare(tiny, tiny_images[:1], q.QConfig.flat(target="ort", method="minmax"))
+    found = {n.meta[ANNOTATION].layer: output_activation(pm, n) for n in pm.graph.nodes
+             if ANNOTATION in n.meta and n.meta[ANNOTATION].output is not None}
+    assert isinstance(found["stem.0"][1], torch.nn.SiLU) and found["head"] is None

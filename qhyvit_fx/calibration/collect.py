@@ -10,7 +10,7 @@ import torch.fx as fx
 from ..passes.annotate import ANNOTATION, QuantAnnotation, searched_layers
 from ..search.problem import MatmulProblem, WeightedLayerProblem
 from .gradients import damped, grad2_chunk
-from .interpreters import LayerRecord, RowCollector, searches_output
+from .interpreters import LayerRecord, RowCollector, output_activation, searches_output
 from .rows import plan_for, rows_of
 from .stats import FoldedRanges
 from .tails import bridge_tails, tail_callable
@@ -48,6 +48,10 @@ def collect(prepared: fx.GraphModule, quantized: fx.GraphModule, images: torch.T
         records[n.name] = LayerRecord(n.name, ann, plan_for(n, ann.kind, n_img, params, seed, ann.layer, example_batch),
                                       ranges=[FoldedRanges.with_folds(folds) for _ in range(k)],
                                       inputs=[[] for _ in range(k)])
+        if params.search_outputs and searches_output(ann):
+            found = output_activation(prepared, n)
+            if found is not None:
+                records[n.name].act, records[n.name].act_fn = found
     # bridges: members get the output's row plan, and tails
     tails, extra = bridge_tails(prepared, records) if params.bridge_objective else ({}, {})
     side_rows: Dict[str, List[torch.Tensor]] = {s: [] for s in extra}
@@ -57,7 +61,7 @@ def collect(prepared: fx.GraphModule, quantized: fx.GraphModule, images: torch.T
     if progress:
         from tqdm import tqdm
         it = tqdm(chunks, desc="collect", unit="chunk", leave=False)
-    wanted = set(records)
+    wanted = set(records) | {rec.act for rec in records.values() if rec.act is not None}
     prepared.eval()
     quantized.eval()
     for i0 in it:
@@ -78,11 +82,17 @@ def collect(prepared: fx.GraphModule, quantized: fx.GraphModule, images: torch.T
                 # no gradient path from the image (EdgeNeXt's position encoding: a conv on a tensor built
                 # from the input's shape only): weigh its output error uniformly (plain MSE)
                 rec.grad.append(torch.ones_like(rec.out[-1]))
+            if rec.act is not None:
+                g = grads.get(rec.act)
+                rec.act_grad.append(rows_of(g, rec.plan.kind, rec.plan.for_chunk(i0, i1)).clone() if g is not None
+                                    else torch.ones_like(rec.out[-1]))
     for rec in records.values():
         rec.fold_of = fold_of
         rec.inputs = [[rec.plan.assemble(c, bounds)] for c in rec.inputs]
         rec.out = [rec.plan.assemble(rec.out, bounds)]
         rec.grad = [rec.plan.assemble(rec.grad, bounds)]
+        if rec.act is not None:
+            rec.act_grad = [rec.plan.assemble(rec.act_grad, bounds)]
     side = {s: extra[s].assemble(v, bounds) for s, v in side_rows.items()}
     return records, tails, side
 
@@ -141,5 +151,6 @@ def build_problems(prepared: fx.GraphModule, records: Dict[str, LayerRecord], ta
             act_migrate=ann.input_migrate, tail=tail_fn, layer_out_fp=layer_out,
             row_fold=fold_of[plan_rows.index // plan_rows.per_image] if fold_of.numel() else None,
             o_spec=ann.output if params.search_outputs and searches_output(ann) else None, o_stats=o_stats,
+            o_act=rec.act_fn, o_act_grad2=damped(_cat(rec.act_grad), params.grad_damping) if rec.act else None,
             input_kinds=kinds)
     return probs, info

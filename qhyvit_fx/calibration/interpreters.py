@@ -7,7 +7,7 @@ a graph with autograd and keeps the outputs whose gradients the objective weighs
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Set
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 import torch
 import torch.fx as fx
@@ -32,6 +32,32 @@ def searches_output(ann: QuantAnnotation) -> bool:
     return ann.output is not None and ann.output_after is None
 
 
+def output_activation(gm: fx.GraphModule, node: fx.Node) -> Optional[Tuple[str, Callable]]:
+    """(fx node name, callable) of the pointwise activation that is the only reader of ``node``'s
+    output quantizer (observer), or None.  The output quantizer's error is then scored after that
+    activation: its second-order estimate at the pre-activation output calls a clipped negative tail
+    free where SiLU / GELU are flat, although the clipped values pass through the curved part."""
+    from ..patterns.kinds import Kind, classify
+    users = list(node.users)
+    if len(users) != 1 or users[0].op != "call_module" or not isinstance(gm.get_submodule(users[0].target),
+                                                                          ActObserver):
+        return None
+    readers = list(users[0].users)
+    if len(readers) != 1 or classify(gm, readers[0]) != Kind.ACT:
+        return None
+    a = readers[0]
+    if not a.args or a.args[0] is not users[0] or any(isinstance(v, fx.Node) for v in list(a.args[1:]) +
+                                                      list(a.kwargs.values())):
+        return None
+    if a.op == "call_module":
+        return a.name, gm.get_submodule(a.target)
+    if a.op == "call_function":
+        return a.name, lambda t, f=a.target, args=tuple(a.args[1:]), kw=dict(a.kwargs): f(t, *args, **kw)
+    if a.op == "call_method":
+        return a.name, lambda t, m=a.target, args=tuple(a.args[1:]), kw=dict(a.kwargs): getattr(t, m)(*args, **kw)
+    return None
+
+
 @dataclass
 class LayerRecord:
     """What the passes collect for one searched layer (rows in chunks until :func:`collect` joins them)."""
@@ -45,6 +71,11 @@ class LayerRecord:
     grad: List[torch.Tensor] = field(default_factory=list)
     out_ranges: Optional[FoldedRanges] = None                           # output quantizers the search scores
     fold_of: Optional[torch.Tensor] = None                              # validation fold of every image
+    # the pointwise activation that alone reads the output quantizer (SiLU, GELU, ...): its fx node,
+    # how to apply it, and the squared gradients at its output (see output_activation)
+    act: Optional[str] = None
+    act_fn: Optional[Callable] = None
+    act_grad: List[torch.Tensor] = field(default_factory=list)
 
 
 class RowCollector(fx.Interpreter):

@@ -21,8 +21,9 @@ class QHyViTParams(SearchParams):
     search_granularity: bool = param(True, "search per-tensor vs per-channel")
     search_scheme: bool = param(True, "search symmetric vs asymmetric")
     search_outputs: bool = param(False,
-        "search output quantizers (target ort) with the layer objective; off: MinMax ranges (on held-out "
-        "training images at W8A8 searched ones raised KL by about 50 % on both MobileViTs)")
+        "search output quantizers (target ort) on the layer objective, both ends of the range, scored after "
+        "the activation that reads them; off: MinMax ranges (held-out mobilevit_xxs: better at W6A6, worse "
+        "at W8A8, benchmarks/RESULTS.md)")
     shared_output_objective: bool = param(True,
         "a quantizer shared by a layer's output and its readers' inputs (passes/group_quantizers) is also "
         "scored at that layer's objective; off: at its readers' objectives only")

@@ -471,27 +471,44 @@ def search_weighted(p: WeightedLayerProblem, opts: SearchOptions) -> LayerResult
                        output=out_qp, migration=None if m is None else m.clone(), weight_codes=codes)
 
 
+# the output quantizer's lower end may shrink on its own: a conv output read by SiLU / GELU has a long
+# negative tail that the activation flattens (its gradient there is ~0), so clipping it is free while
+# the finer step helps the positive side.  Fractions of the observed minimum, 1 = MinMax's.
+OUTPUT_LO_FRACTIONS = (1.0, 0.7, 0.5, 0.35, 0.25, 0.18, 0.12, 0.08, 0.05)
+
+
+def output_candidates(lo, hi, spec: QSpec, f: torch.Tensor) -> QParams:
+    """Candidates [len(lo fractions) * len(f)] for an output quantizer: every lower-end fraction of
+    OUTPUT_LO_FRACTIONS (asymmetric only) with every scale fraction f."""
+    lows = OUTPUT_LO_FRACTIONS if not spec.symmetric else (1.0,)
+    qps = [params_from_range(lo * a, hi, spec, fraction=f) for a in lows]
+    return QParams(spec, torch.cat([q.scale for q in qps]), torch.cat([q.zero_point for q in qps]))
+
+
 def _search_output(p: WeightedLayerProblem, wq: torch.Tensor, ach: Choice, opts: SearchOptions) -> QParams:
-    """Scale of the output quantizer (per-tensor, its annotated scheme) for the chosen (effective)
-    weight and input quantizer: same objective, candidates, K-fold validation and successive halving."""
+    """Range of the output quantizer (per-tensor, its annotated scheme) for the chosen (effective)
+    weight and input quantizer: both ends (``output_candidates``), same objective, K-fold validation
+    and successive halving."""
     f = fractions_for(opts)
     o = p.layer_forward(quant_patches(p, p.patches, ach.qp), wq)
     spec = p.o_spec
 
     def err_of(idx, rows):
-        fr = f[idx]
-        total = torch.zeros(len(fr))
+        total = torch.zeros(len(idx))
         for st, ridx in _fold_parts(p, rows, opts, p.o_stats):
             if ridx is None:
                 ridx = slice(0, rows)
             elif ridx.numel() == 0:
                 continue
-            qp = candidate_params(st.lo, st.hi, spec, fr)
-            d = fake_quant(o[ridx], qp.scale, qp.zero_point, spec.qmin, spec.qmax).sub_(p.out_fp[ridx])
-            total += d.mul_(d).mul_(p.grad2[ridx]).sum((-1, -2))
+            qp = output_candidates(st.lo, st.hi, spec, f)
+            x, ref, g2 = o[ridx], p.out_fp[ridx], p.grad2[ridx]
+            for a, b in chunks(len(idx), x.numel(), opts):
+                oq = fake_quant(x, qp.scale[idx[a:b]], qp.zero_point[idx[a:b]], spec.qmin, spec.qmax)
+                total[a:b] += p.output_error(oq, ridx, ref, g2)
         return total
-    j, _ = _halving(err_of, len(f), p.rows, opts)
-    return take(candidate_params(p.o_stats.lo, p.o_stats.hi, spec, f[j:j + 1]), 0)
+    cands = output_candidates(p.o_stats.lo, p.o_stats.hi, spec, f)
+    j, _ = _halving(err_of, cands.scale.numel(), p.rows, opts)
+    return take(cands, j)
 
 
 def _total_weighted(p: WeightedLayerProblem, wch: Choice, ach: Choice, m, opts: SearchOptions) -> float:

@@ -69,10 +69,22 @@ class WeightedLayerProblem:
     o_spec: Optional[QSpec] = None                # output quantizer (deployment graphs), searched last
     o_stats: Optional[ActStats] = None            # range statistics of the layer output
     input_kinds: Optional[List[str]] = None       # producer of each input ("softmax", "gelu", ...)
+    o_act: Optional[Callable] = None              # pointwise activation reading the output quantizer alone
+    o_act_grad2: Optional[torch.Tensor] = None    # [S, C] squared gradients at that activation's output
 
     @property
     def rows(self) -> int:
         return self.patches.shape[0]
+
+    def output_error(self, oq: torch.Tensor, rows, ref: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:
+        """sum g^2 d^2 over rows and channels for quantized layer outputs oq [n, r, C] (``rows``: which
+        problem rows; ``ref`` / ``g2``: the layer-output reference and weights of those rows).  With an
+        activation behind the output quantizer both sides go through it and its output's gradients
+        weigh the difference."""
+        if self.o_act is not None:
+            oq, ref, g2 = self.o_act(oq), self.o_act(ref), self.o_act_grad2[rows]
+        d = oq.sub_(ref) if self.o_act is None else oq - ref
+        return d.mul_(d).mul_(g2).sum((-1, -2))
 
     def layer_forward(self, xq: torch.Tensor, wq: torch.Tensor) -> torch.Tensor:
         """Layer output rows for (possibly candidate-batched) inputs/weights.

@@ -55,9 +55,10 @@ def _output_errors(p: WeightedLayerProblem, res: LayerResult, spec: QSpec, f: to
         for a, b in chunks(len(f), rows.numel(), opts):
             oq = fake_quant(rows, qp.scale[a:b], qp.zero_point[a:b], spec.qmin, spec.qmax)
             if p.tail is not None:
-                oq = p.tail(oq, idx)
-            d = oq.sub_(ref)
-            total[a:b] += d.mul_(d).mul_(g2).sum((-1, -2))
+                d = p.tail(oq, idx).sub_(ref)
+                total[a:b] += d.mul_(d).mul_(g2).sum((-1, -2))
+            else:
+                total[a:b] += p.output_error(oq, slice(None) if idx is None else idx, ref, g2)
     return total
 
 
