@@ -7,11 +7,17 @@ export and ``qhyvit check``.  Writes ``results/families.json`` and prints the RE
 
     python benchmarks/families.py                 # discover + survey (about 15 min on 2 cores)
     python benchmarks/families.py --models levit_128s edgenext_xx_small
+
+Each model runs in a child process whose resident memory is bounded (``--max-rss-gb``): a model whose
+other methods need more (their searches keep every layer's activations of the calibration images, and
+some families run at 896 px) is surveyed again with MinMax alone, and those methods are recorded as
+stopped for memory, so one family cannot take the whole sweep down.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
 import platform
 import sys
@@ -30,6 +36,47 @@ def cpu_flags() -> str:
         return platform.processor()
     return " ".join(sorted(f for f in flags if f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8",
                                                      "avx512_bf16")))
+
+
+def _child(queue, model: str, family: str, methods) -> None:
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(2)
+    from qhyvit_fx.survey import survey_model
+    queue.put(survey_model(model, family=family, methods=methods).to_dict())
+
+
+def survey_bounded(model: str, family: str, methods, max_rss_gb: float, poll_s: float = 0.5) -> dict:
+    """``survey_model`` in a child process, stopped once its resident memory (with its own children)
+    passes ``max_rss_gb``; then MinMax alone, with the other methods recorded as stopped for memory."""
+    import psutil
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(queue, model, family, list(methods)))
+    proc.start()
+    peak = 0.0
+    while True:
+        try:
+            return queue.get(timeout=poll_s)
+        except Exception:      # queue.Empty: still running
+            pass
+        if not proc.is_alive():
+            raise RuntimeError(f"survey of {model} exited with code {proc.exitcode} and no result")
+        try:
+            ps = psutil.Process(proc.pid)
+            rss = sum(p.memory_info().rss for p in [ps] + ps.children(recursive=True)) / 2**30
+        except psutil.NoSuchProcess:
+            continue
+        peak = max(peak, rss)
+        if peak > max_rss_gb:
+            proc.kill()
+            proc.join()
+            others = [m for m in methods if m != "minmax"]
+            if not others:
+                raise RuntimeError(f"MinMax survey of {model} passed {max_rss_gb} GB RSS")
+            row = survey_bounded(model, family, [], max_rss_gb, poll_s)
+            row["methods"] = {m: f"memory: stopped past {max_rss_gb:g} GB RSS (--max-rss-gb)" for m in others}
+            row["ok"] = False
+            return row
 
 
 def table(rows) -> str:
@@ -62,6 +109,8 @@ def main(argv=None) -> int:
                          "convert and export; --methods with no name: MinMax only")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "families.json"))
     ap.add_argument("--table", metavar="RESULTS_JSON", help="only print the table of an earlier run")
+    ap.add_argument("--max-rss-gb", type=float, default=16.0,
+                    help="resident-memory bound of one model's survey (default 16)")
     ap.add_argument("--resume", action="store_true", help="keep the rows already in --out, survey the rest")
     args = ap.parse_args(argv)
     if args.table:
@@ -74,7 +123,7 @@ def main(argv=None) -> int:
 
     from qhyvit_fx.decisions import atomic_write_text
     from qhyvit_fx.methods import METHODS
-    from qhyvit_fx.survey import discover_families, survey_model
+    from qhyvit_fx.survey import discover_families
     methods = sorted(METHODS) if args.methods is None else args.methods
     if args.models:
         todo = [{"family": "", "model": m} for m in args.models]
@@ -93,7 +142,7 @@ def main(argv=None) -> int:
         done = {r["model"] for r in rows}
         todo = [t for t in todo if t["model"] not in done]
     for item in tqdm(todo, desc="survey", unit="model"):
-        rows.append(survey_model(item["model"], family=item["family"], methods=methods).to_dict())
+        rows.append(survey_bounded(item["model"], item["family"], methods, args.max_rss_gb))
         payload["complete"] = item is todo[-1]
         atomic_write_text(args.out, json.dumps(payload, indent=1))     # after each model: a long run can be read
     print(table(rows))
