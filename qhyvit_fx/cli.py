@@ -216,12 +216,55 @@ def _ort_label(cfg) -> str:
     return "(onnxruntime)" if _ort_opt(cfg) else "(onnxruntime, QDQ in float)"
 
 
-def _print_metrics(res, out=None):
+def _print_metrics(res, out=None, checks=None):
+    """The accuracy table: top-1, its drop from the first row (FP32), agreement with FP32, KL, logits
+    SQNR and, for the rows that are an exported ONNX, how many conv/gemm/matmul run in integer kernels."""
     out = out or sys.stdout
+    checks = checks or {}
     w = max(22, max(len(m.name) for m in res.values()))
-    print(f"  {'model':<{w}} {'top-1':>7} {'agree':>7} {'KL':>9} {'SQNR dB':>8}", file=out)
-    for m in res.values():
-        print(f"  {m.name:<{w}} {m.top1:7.2f} {m.agreement:7.2f} {m.kl:9.5f} {m.sqnr_db:8.2f}", file=out)
+    ref = next(iter(res.values()))
+    print(f"  {'model':<{w}} {'top-1':>7} {'drop':>6} {'agree':>7} {'KL':>9} {'SQNR dB':>8}"
+          + ("  integer conv/gemm/matmul" if checks else ""), file=out)
+    for k, m in res.items():
+        c = checks.get(k)
+        cov = f"  {c.integer_count}/{len(c.ops)} ({c.mac_share:.0f} % of MACs)" if c is not None else ""
+        print(f"  {m.name:<{w}} {m.top1:7.2f} {ref.top1 - m.top1:+6.2f} {m.agreement:7.2f} {m.kl:9.5f} "
+              f"{m.sqnr_db:8.2f}{cov}", file=out)
+
+
+def _kernel_flags() -> str:
+    from .target import cpu_flags, detect_kernel
+    keep = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16")
+    flags = " ".join(f for f in keep if f in cpu_flags())
+    return f"{detect_kernel()} kernels" + (f"; flags {flags}" if flags else "")
+
+
+def _compare_methods(args) -> List[str]:
+    """Methods shipped beside the chosen one for comparison (``--compare``; default MinMax); an
+    unknown name fails here, before any work."""
+    from .methods import get_method
+    names = ["minmax"] if args.compare is None else args.compare
+    for name in names:
+        get_method(name)
+    return [m for m in dict.fromkeys(names) if m != args.method]
+
+
+def _shipped_baseline(method: str, cfg, lm, pm, folder: str, weight_format: str):
+    """``method`` with its own default parameters, on the same calibration images, config and target,
+    exported and loaded in onnxruntime: (row name, callable, integer-kernel check)."""
+    import dataclasses
+
+    from . import api
+    from .check import check_onnx
+    from .export import export_onnx, ort_callable
+    calib = pm.meta["qhyvit_calib_images"]
+    ocfg = dataclasses.replace(cfg, method=method, method_params=None, progress=False)
+    opm = api.prepare(lm.model, calib[:1], ocfg)
+    api.calibrate(opm, calib)
+    path = os.path.join(folder, f"{method}.onnx")
+    export_onnx(api.convert(opm), path, weight_format=weight_format)
+    bits = f"w{cfg.w_bits}a{cfg.a_bits}"
+    return f"{method} {bits} {_ort_label(cfg)}", ort_callable(path, optimize=_ort_opt(cfg)), check_onnx(path)
 
 
 # ---- commands ------------------------------------------------------------------------------
@@ -264,6 +307,7 @@ def cmd_quantize(args) -> int:
     from .report import write_quantize_report
     w_bits, a_bits = parse_bits(args.bits)
     job = _resolve_job(args)
+    compare = _compare_methods(args) if job.eval and not args.no_eval else []
     log = print
     if job.embedded:
         log(f"using the bundled default: {DEFAULT_MODEL} trained on CIFAR-10 ({os.path.basename(DEFAULT_WEIGHTS)}), "
@@ -280,19 +324,28 @@ def cmd_quantize(args) -> int:
         log(f"quantized {len(dec.layers)} layers with {cfg.method} at {args.bits} in {secs:.1f} s"
             + (f" (weights limited to {cfg.weight_range_bits} bits for this CPU's integer kernels)"
                if cfg.weight_range_bits else ""))
+        from .check import check_onnx
+        check = check_onnx(onnx_path)
         metrics = None
         if job.eval and not args.no_eval:
-            models = {"float": lm.model, f"{cfg.method} {args.bits} (torch)": qm,
-                      f"{cfg.method} {args.bits} {_ort_label(cfg)}": ort_callable(onnx_path, optimize=_ort_opt(cfg))}
-            res, n = _eval_models(models, job.eval, pre, lm.meta.get("classes"), args.eval_images, args.seed,
-                                  args.skip_bad_images)
-            log(f"accuracy on {n} images from {job.eval}:")
-            _print_metrics(res)
+            shipped = f"{cfg.method} {args.bits} {_ort_label(cfg)}"
+            models = {"float": lm.model, shipped: ort_callable(onnx_path, optimize=_ort_opt(cfg)),
+                      f"{cfg.method} {args.bits} (torch)": qm}
+            checks = {shipped: check}
+            with tempfile.TemporaryDirectory(prefix="qhyvit-compare-") as cmp_dir:
+                for other in compare:
+                    name, run, other_check = _shipped_baseline(other, cfg, lm, pm, cmp_dir, args.weight_format)
+                    models[name], checks[name] = run, other_check
+                res, n = _eval_models(models, job.eval, pre, lm.meta.get("classes"), args.eval_images, args.seed,
+                                      args.skip_bad_images)
+            log(f"accuracy on {n} images from {job.eval} (CPU: {_kernel_flags()}):")
+            _print_metrics(res, checks=checks)
             metrics = {k: v.to_dict() for k, v in res.items()}
-        from .check import check_onnx
+            for k, c in checks.items():
+                metrics[k]["integer_ops"], metrics[k]["compute_ops"] = c.integer_count, len(c.ops)
         write_quantize_report(tmp, job=job, config=cfg, prepared=pm, converted=qm, metrics=metrics,
                               seconds=secs, argv=sys.argv, images=pm.meta.get("qhyvit_calib_images"),
-                              check=check_onnx(onnx_path))
+                              check=check)
     log(f"wrote {os.path.abspath(args.out)}/: model.onnx, decisions.json, report.md (+ figures)")
     return 0
 
@@ -435,6 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite an existing output folder")
     p.add_argument("--eval", help="labelled folder to evaluate FP vs quantized (torch and onnxruntime)")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation")
+    p.add_argument("--compare", nargs="*", default=None, metavar="METHOD",
+                   help="also ship these methods (their default parameters, the same images and target) and "
+                        "print them in the accuracy table (default: minmax; --compare alone: none)")
     p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("eval", help="FP vs quantized accuracy, agreement and SQNR")

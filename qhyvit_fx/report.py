@@ -120,11 +120,15 @@ def write_quantize_report(folder: str, job, config, prepared: fx.GraphModule, co
              f"- quantized layers: {len(dec.layers)}; bridge blocks: {len(prepared.meta.get('qhyvit_bridges', []))}",
              ""]
     if metrics:
-        lines += ["## Accuracy", "", "| model | top-1 | agreement with float | KL | logits SQNR (dB) |",
-                  "|---|---|---|---|---|"]
+        ref = next(iter(metrics.values()))["top1"]
+        lines += ["## Accuracy", "", "Rows marked (onnxruntime) are the exported ONNX run by onnxruntime; the "
+                  "(torch) row is the fake-quant GraphModule of the same quantizers.", "",
+                  "| model | top-1 | drop | agreement with float | KL | logits SQNR (dB) | integer conv/gemm/matmul |",
+                  "|---|---|---|---|---|---|---|"]
         for m in metrics.values():
-            lines.append(f"| {m['name']} | {m['top1']:.2f} | {m['agreement']:.2f} | {m['kl']:.5f} | "
-                         f"{m['sqnr_db']:.2f} |")
+            cov = f"{m['integer_ops']}/{m['compute_ops']}" if "integer_ops" in m else "-"
+            lines.append(f"| {m['name']} | {m['top1']:.2f} | {ref - m['top1']:+.2f} | {m['agreement']:.2f} | "
+                         f"{m['kl']:.5f} | {m['sqnr_db']:.2f} | {cov} |")
         lines.append("")
     if check is not None:
         lines += ["## Integer kernels (onnxruntime)", "",

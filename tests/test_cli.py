@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -52,6 +53,9 @@ def test_quantize_default_end_to_end(tmp_path, capsys):
     assert "## Accuracy" in rep and "minmax w8a8 (onnxruntime)" in rep
     # the accuracy table: float, torch fake-quant and onnxruntime lines
     assert o.count("w8a8 (") == 2 and "float" in o
+    # the table: drop from FP32, and integer coverage on the rows that are the exported ONNX
+    assert "drop" in o and re.search(r"minmax w8a8 \(onnxruntime\) .* 90/90 \(100 % of MACs\)", o)
+    assert "| minmax w8a8 (onnxruntime) |" in rep and rep.count(" | 90/90 |") == 1
     # an existing output needs --force; nothing is touched without it
     before = os.path.getmtime(os.path.join(out, "model.onnx"))
     code, _, err = run(["quantize", "--out", out], capsys)
@@ -66,10 +70,24 @@ def test_quantize_default_end_to_end(tmp_path, capsys):
     assert [i.raw_data for i in a.graph.initializer] == [i.raw_data for i in b.graph.initializer]
 
 
+def test_quantize_ships_the_compared_methods_beside_it(tmp_path, capsys):
+    code, o, err = run(["quantize", "--out", str(tmp_path / "o"), "--eval-images", "100",
+                        "--compare", "minmax", "repq-vit", "repq-vit"], capsys)
+    assert code == 0, err
+    rows = [line.split()[0] for line in o.splitlines() if line.startswith("  ")]
+    assert rows[-4:] == ["float", "minmax", "minmax", "repq-vit"]       # minmax once; repq-vit once
+    # RepQ-ViT's log2 softmax quantizer leaves the attention matmuls in float: coverage says so
+    assert re.search(r"repq-vit w8a8 \(onnxruntime\) .* 81/90 \(99 % of MACs\)", o)
+    rep = open(tmp_path / "o" / "report.md").read()
+    assert "| repq-vit w8a8 (onnxruntime) |" in rep and " | 81/90 |" in rep
+    assert [f for f in os.listdir(tmp_path / "o") if f.endswith(".onnx")] == ["model.onnx"]   # only ours ships
+
+
 @pytest.mark.parametrize("args,msg", [
     (["quantize", "--bits", "w9a8"], "outside 2-8"),
     (["quantize", "--bits", "8bit"], "not of the form wNaM"),
     (["quantize", "--method", "minmaxx"], "unknown method 'minmaxx'"),
+    (["quantize", "--compare", "repq-vitt"], "unknown method 'repq-vitt'"),
     (["quantize", "mobilevit_xs"], "no weights for 'mobilevit_xs'"),
     (["quantize", "--weights", "/nonexistent.pth", "--calib", cli.DEFAULT_CALIB, "mobilevit_xxs"], "does not exist"),
     (["quantize", "--calib", "/nonexistent"], "does not exist"),
