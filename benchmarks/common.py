@@ -196,6 +196,9 @@ VARIANTS = {
     "qhyvit-ort-searchout": dict(method="qhyvit", target="ort", kernel="auto", search_outputs=True),
     "qhyvit-ort-gptq": dict(method="qhyvit", target="ort", kernel="auto", weight_rounding="gptq"),
     "qhyvit-ort-readers": dict(method="qhyvit", target="ort", kernel="auto", shared_output_objective=False),
+    # TensorRT's explicit quantization: symmetric int8, per-tensor activations, no output quantizers
+    "minmax-trt": dict(method="minmax", target="tensorrt"),
+    "qhyvit-trt": dict(method="qhyvit", target="tensorrt"),
 }
 
 
@@ -250,7 +253,7 @@ def cell(name, variant, bits, lm, calib, batches, fp, labels, ort: bool, fresh: 
     key = {"model": name, "variant": variant, "bits": bits, "images": len(labels)}
     cfg = config_for(variant, bits)
     hit = None if fresh else lookup(name, variant, bits, len(labels))
-    wants_ort = ort or "-ort" in variant
+    wants_ort = ort or "-ort" in variant or "-trt" in variant
     if hit is not None and ("ort" in hit or not wants_ort):
         return hit
     from qhyvit_fx.export import export_onnx, ort_callable
@@ -266,7 +269,8 @@ def cell(name, variant, bits, lm, calib, batches, fp, labels, ort: bool, fresh: 
             path = os.path.join(d, "m.onnx")
             export_onnx(qm, path)
             qlogits = run_model(qm, batches)
-            ologits = run_model(ort_callable(path), batches)
+            # a TensorRT-rules file: onnxruntime evaluates its Q/DQ in float (what TensorRT's int8 computes)
+            ologits = run_model(ort_callable(path, optimize="-trt" not in variant), batches)
             res["ort"] = metrics(ologits, fp, labels)
             res["ort_vs_torch"] = metrics(ologits, qlogits, labels)
             res["onnx_bytes"] = os.path.getsize(path)

@@ -56,7 +56,9 @@ def survey_bounded(model: str, family: str, methods, max_rss_gb: float, poll_s: 
     peak = 0.0
     while True:
         try:
-            return queue.get(timeout=poll_s)
+            row = queue.get(timeout=poll_s)
+            proc.join()
+            return row
         except Exception:      # queue.Empty: still running
             pass
         if not proc.is_alive():

@@ -212,6 +212,23 @@ def check_onnx(path: str, keep_optimized: Optional[str] = None) -> CheckReport:
     return rep
 
 
+RUNTIMES = ("onnxruntime", "tensorrt", "openvino")
+
+
+def check_runtime(path: str, runtime: str = "onnxruntime", keep_optimized: Optional[str] = None) -> CheckReport:
+    """``path`` judged by ``runtime``: onnxruntime's optimised CPU graph, TensorRT's Q/DQ rules
+    (:mod:`qhyvit_fx.check_tensorrt`) or OpenVINO's compiled CPU model (:mod:`qhyvit_fx.check_openvino`)."""
+    if runtime == "tensorrt":
+        from .check_tensorrt import check_tensorrt
+        return check_tensorrt(path)
+    if runtime == "openvino":
+        from .check_openvino import check_openvino
+        return check_openvino(path)
+    if runtime != "onnxruntime":
+        raise ValueError(f"runtime '{runtime}' is not one of {', '.join(RUNTIMES)}")
+    return check_onnx(path, keep_optimized=keep_optimized)
+
+
 def _weight_init(node, producers, inits) -> Optional[str]:
     if len(node.input) < 2:
         return None

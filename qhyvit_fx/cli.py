@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 from .backends import BACKENDS, MODES
+from .check import RUNTIMES
 
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 DEFAULT_MODEL = "mobilevit_xxs"
@@ -212,8 +213,19 @@ def _ort_opt(cfg) -> bool:
     return cfg.backend.integer_kernels
 
 
-def _ort_label(cfg) -> str:
+def _runtime_label(cfg) -> str:
+    if cfg.backend.eval_runtime == "openvino":
+        return "(openvino)"
     return "(onnxruntime)" if _ort_opt(cfg) else "(onnxruntime, QDQ in float)"
+
+
+def _runtime_callable(path: str, cfg):
+    """The exported file run by the runtime its target is measured through."""
+    if cfg.backend.eval_runtime == "openvino":
+        from .check_openvino import openvino_callable
+        return openvino_callable(path, precision="f32")
+    from .export import ort_callable
+    return ort_callable(path, optimize=_ort_opt(cfg))
 
 
 def _print_metrics(res, out=None, checks=None):
@@ -255,8 +267,8 @@ def _shipped_baseline(method: str, cfg, lm, pm, folder: str, weight_format: str)
     import dataclasses
 
     from . import api
-    from .check import check_onnx
-    from .export import export_onnx, ort_callable
+    from .check import check_runtime
+    from .export import export_onnx
     calib = pm.meta["qhyvit_calib_images"]
     ocfg = dataclasses.replace(cfg, method=method, method_params=None, progress=False)
     opm = api.prepare(lm.model, calib[:1], ocfg)
@@ -264,7 +276,8 @@ def _shipped_baseline(method: str, cfg, lm, pm, folder: str, weight_format: str)
     path = os.path.join(folder, f"{method}.onnx")
     export_onnx(api.convert(opm), path, weight_format=weight_format)
     bits = f"w{cfg.w_bits}a{cfg.a_bits}"
-    return f"{method} {bits} {_ort_label(cfg)}", ort_callable(path, optimize=_ort_opt(cfg)), check_onnx(path)
+    return f"{method} {bits} {_runtime_label(cfg)}", _runtime_callable(path, cfg), \
+        check_runtime(path, cfg.backend.check_runtime)
 
 
 # ---- commands ------------------------------------------------------------------------------
@@ -303,7 +316,7 @@ def cmd_inspect(args) -> int:
 
 def cmd_quantize(args) -> int:
     from .config import parse_bits
-    from .export import export_onnx, ort_callable
+    from .export import export_onnx
     from .report import write_quantize_report
     w_bits, a_bits = parse_bits(args.bits)
     job = _resolve_job(args)
@@ -324,12 +337,12 @@ def cmd_quantize(args) -> int:
         log(f"quantized {len(dec.layers)} layers with {cfg.method} at {args.bits} in {secs:.1f} s"
             + (f" (weights limited to {cfg.weight_range_bits} bits for this CPU's integer kernels)"
                if cfg.weight_range_bits else ""))
-        from .check import check_onnx
-        check = check_onnx(onnx_path)
+        from .check import check_runtime
+        check = check_runtime(onnx_path, cfg.backend.check_runtime)
         metrics = None
         if job.eval and not args.no_eval:
-            shipped = f"{cfg.method} {args.bits} {_ort_label(cfg)}"
-            models = {"float": lm.model, shipped: ort_callable(onnx_path, optimize=_ort_opt(cfg)),
+            shipped = f"{cfg.method} {args.bits} {_runtime_label(cfg)}"
+            models = {"float": lm.model, shipped: _runtime_callable(onnx_path, cfg),
                       f"{cfg.method} {args.bits} (torch)": qm}
             checks = {shipped: check}
             with tempfile.TemporaryDirectory(prefix="qhyvit-compare-") as cmp_dir:
@@ -352,7 +365,7 @@ def cmd_quantize(args) -> int:
 
 def cmd_eval(args) -> int:
     from .config import parse_bits
-    from .export import export_onnx, ort_callable
+    from .export import export_onnx
     w_bits, a_bits = parse_bits(args.bits)
     job = _resolve_job(args)
     if not job.eval:
@@ -366,7 +379,7 @@ def cmd_eval(args) -> int:
         tmpdir = tempfile.mkdtemp(prefix="qhyvit-eval-")
         path = os.path.join(tmpdir, "model.onnx")
         export_onnx(qm, path, weight_format=args.weight_format)
-        models[f"{cfg.method} {args.bits} {_ort_label(cfg)}"] = ort_callable(path, optimize=_ort_opt(cfg))
+        models[f"{cfg.method} {args.bits} {_runtime_label(cfg)}"] = _runtime_callable(path, cfg)
     try:
         res, n = _eval_models(models, job.eval, pre, lm.meta.get("classes"), args.eval_images, args.seed,
                               args.skip_bad_images)
@@ -408,20 +421,23 @@ def cmd_export(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from .check import check_onnx, write_json
+    from .check import check_runtime, write_json
     if not os.path.isfile(args.onnx):
         raise UsageError(f"'{args.onnx}' does not exist; pass an ONNX file")
+    if args.runtime == "tensorrt" and args.save_optimized:
+        raise UsageError("--save-optimized is onnxruntime's optimised graph; drop it with --runtime tensorrt")
     try:
-        rep = check_onnx(args.onnx, keep_optimized=args.save_optimized)
+        rep = check_runtime(args.onnx, args.runtime, keep_optimized=args.save_optimized)
     except Exception as e:  # onnx / onnxruntime load errors
-        raise UsageError(f"cannot load '{args.onnx}' in onnxruntime ({type(e).__name__}: "
+        raise UsageError(f"cannot load '{args.onnx}' in {args.runtime} ({type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''}); is it an ONNX model?") from e
     print(rep.format())
     if args.json:
         write_json(rep, args.json)
     if args.require_int8 and rep.integer_count < len(rep.ops):
-        print(f"qhyvit check: error: {len(rep.ops) - rep.integer_count} conv/gemm/matmul op(s) run in float; "
-              "quantize with --target ort", file=sys.stderr)
+        target = "tensorrt" if args.runtime == "tensorrt" else "ort"
+        print(f"qhyvit check: error: {len(rep.ops) - rep.integer_count} conv/gemm/matmul op(s) run in float "
+              f"on {args.runtime}; quantize with --target {target}", file=sys.stderr)
         return 3
     return 0
 
@@ -460,9 +476,9 @@ def _add_quant(p):
                         "onnxruntime's u8s8 kernels cannot saturate (default: this CPU)")
     p.add_argument("--target", default="ort", choices=tuple(BACKENDS),
                    help="; ".join(f"{b.name}: {b.description}" for b in BACKENDS.values()) + " (default: ort)")
-    p.add_argument("--act-scheme", default="asymmetric", choices=("asymmetric", "symmetric"),
-                   help="activation scheme with --target ort: asymmetric uint8 (onnxruntime x86) or symmetric "
-                        "int8 with zero-point 0 (TensorRT style)")
+    p.add_argument("--act-scheme", default=None, choices=("asymmetric", "symmetric"),
+                   help="activation scheme of the per-tensor targets: asymmetric uint8 (onnxruntime x86; the "
+                        "default of ort and fakequant) or symmetric int8 with zero point 0 (tensorrt's only one)")
     _add_weight_format(p)
     p.add_argument("--device", default="cpu", help="device for the Q-HyViT search: cpu (default) or cuda")
     p.add_argument("--eval-images", type=int, default=None, help="evaluate on a seeded subset of this size")
@@ -511,6 +527,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="which ops onnxruntime runs in integer kernels (and why not)")
     p.add_argument("onnx", help="QDQ ONNX model")
+    p.add_argument("--runtime", default="onnxruntime", choices=RUNTIMES,
+                   help="onnxruntime: what its optimised CPU graph runs in integer kernels (default); tensorrt: "
+                        "which ops follow TensorRT's explicit-quantization rules (read from the graph, no GPU)")
     p.add_argument("--require-int8", action="store_true", help="exit 3 if any conv/gemm/matmul stays float")
     p.add_argument("--json", help="write the report as JSON")
     p.add_argument("--save-optimized", help="also save onnxruntime's optimised graph here")

@@ -82,7 +82,7 @@ class QConfig:
     w_granularity: str = "channel"
     w_scheme: str = "symmetric"
     a_granularity: str = "tensor"
-    a_scheme: str = "asymmetric"
+    a_scheme: Optional[str] = None     # None: the target's default (asymmetric; TensorRT: symmetric)
     first_layer: str = "quantize"
     last_layer: str = "quantize"
     layer_overrides: Dict[str, Dict] = field(default_factory=dict)
@@ -103,6 +103,8 @@ class QConfig:
     def __post_init__(self):
         from .methods import get_method          # methods import this module
         self.quantize_ops = tuple(self.quantize_ops)
+        if self.a_scheme is None and self.target in BACKENDS:
+            self.a_scheme = BACKENDS[self.target].act_schemes[0]
         cls = get_method(self.method).params_class
         if self.method_params is None:
             self.method_params = cls()
@@ -118,12 +120,16 @@ class QConfig:
             b = getattr(self, name)
             if not isinstance(b, int) or not 2 <= b <= 8:
                 raise ConfigError(f"{name}={b!r} is outside 2-8; choose an integer bit width from 2 to 8")
-        for name, allowed in (("w_granularity", GRANULARITIES), ("a_granularity", GRANULARITIES),
-                              ("w_scheme", SCHEMES), ("a_scheme", SCHEMES), ("first_layer", LAYER_POLICIES),
-                              ("last_layer", LAYER_POLICIES), ("mode", tuple(_MODES)), ("target", tuple(BACKENDS))):
+        for name, allowed in (("target", tuple(BACKENDS)), ("mode", tuple(_MODES)), ("w_granularity", GRANULARITIES),
+                              ("a_granularity", GRANULARITIES), ("w_scheme", SCHEMES), ("a_scheme", SCHEMES),
+                              ("first_layer", LAYER_POLICIES), ("last_layer", LAYER_POLICIES)):
             v = getattr(self, name)
             if v not in allowed:
                 raise ConfigError(f"{name}={v!r} is not one of {', '.join(allowed)}")
+        if self.a_scheme not in self.backend.act_schemes:
+            raise ConfigError(f"target '{self.target}' takes {' or '.join(self.backend.act_schemes)} activations, "
+                              f"not a_scheme={self.a_scheme!r}; leave a_scheme (--act-scheme) out for the target's "
+                              "default")
         bad = [o for o in self.quantize_ops if o not in LAYER_KINDS]
         if bad:
             raise ConfigError(f"quantize_ops {bad} unknown; use a subset of conv, linear, matmul")

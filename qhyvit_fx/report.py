@@ -131,9 +131,11 @@ def write_quantize_report(folder: str, job, config, prepared: fx.GraphModule, co
                          f"{m['kl']:.5f} | {m['sqnr_db']:.2f} | {cov} |")
         lines.append("")
     if check is not None:
-        lines += ["## Integer kernels (onnxruntime)", "",
+        rt = config.backend.check_runtime
+        flag = "" if rt == "onnxruntime" else f" --runtime {rt}"
+        lines += [f"## Integer kernels ({rt})", "",
                   f"{check.integer_count}/{len(check.ops)} conv/gemm/matmul ops run in integer kernels "
-                  f"({check.mac_share:.1f} % of MACs); see `qhyvit check model.onnx`.", ""]
+                  f"({check.mac_share:.1f} % of MACs); see `qhyvit check model.onnx{flag}`.", ""]
         islands = [o for o in check.ops if not o.integer]
         if islands:
             lines += ["| float op | reason |", "|---|---|"] + [f"| {o.name} | {o.reason} |" for o in islands] + [""]

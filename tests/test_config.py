@@ -82,11 +82,13 @@ def test_legacy_flat_record_reads_back():
 
 
 def test_backends_and_modes_are_the_configs_choices():
-    assert set(BACKENDS) == {"fakequant", "ort"} and set(MODES) == {"partial", "full", "integer"}
+    assert set(BACKENDS) == {"fakequant", "ort", "tensorrt", "openvino"} and set(MODES) == {"partial", "full", "integer"}
     ort = get_backend("ort")
     assert not ort.per_channel_activations and not ort.asymmetric_weights and ort.fused_outputs
     assert ort.can_migrate(MODES["partial"]) and not ort.can_migrate(MODES["integer"])
     assert not get_backend("fakequant").can_migrate(MODES["partial"])
     assert q.QConfig(target="ort").backend is ort
-    with pytest.raises(ConfigError, match="target='tensorrt' is not one of fakequant, ort"):
-        q.QConfig(target="tensorrt")
+    trt = get_backend("tensorrt")
+    assert trt.act_schemes == ("symmetric",) and not trt.fused_outputs and not trt.can_migrate(MODES["partial"])
+    with pytest.raises(ConfigError, match="target='openvinoo' is not one of fakequant, openvino, ort, tensorrt"):
+        q.QConfig(target="openvinoo")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Dict
+from typing import Dict, Tuple
 
 BACKENDS: Dict[str, "Backend"] = {}
 MODES: Dict[str, "Mode"] = {}
@@ -35,6 +35,12 @@ class Backend:
                                             # runtime optimises it (else: Q/DQ evaluated in float)
     one_quantizer_per_tensor: bool = False  # the input quantizers reading one tensor are one quantizer
                                             # (the runtime fuses a producer only into a single Q)
+    act_schemes: Tuple[str, ...] = ("asymmetric", "symmetric")   # activation schemes its kernels take;
+                                                                # the first is QConfig's default
+    check_runtime: str = "onnxruntime"      # whose rules ``qhyvit check --runtime`` judges its exports by
+    eval_runtime: str = "onnxruntime"       # the runtime ``qhyvit quantize`` / ``eval`` measure its exports in
+    signed_matmul_operand: bool = False     # a matmul of two activations reads its second operand in
+                                            # symmetric int8 (OpenVINO's CPU int8 MatMul takes i8 there)
 
     def weight_spec(self, spec):
         """The weight spec the kernels can run (symmetric int8 where weights take no zero point)."""
@@ -45,6 +51,12 @@ class Backend:
     def input_axis(self, channel_axis):
         """Axis of a weighted layer's input quantizer (None: per tensor)."""
         return channel_axis if self.per_channel_activations else None
+
+    def matmul_input_spec(self, slot: int, spec):
+        """The spec of input ``slot`` of a matmul of two activations that the kernels take."""
+        if slot == 1 and self.signed_matmul_operand:
+            return spec.with_(symmetric=True, signed=True)
+        return spec
 
     def can_migrate(self, mode: "Mode") -> bool:
         return self.migrated_inputs and mode.migrated_inputs

@@ -245,7 +245,7 @@ def _weighted_annotation(gm: fx.GraphModule, node: fx.Node, k: Kind, config: QCo
         spec = config.act_spec(a_bits, axis=ax if ax is not None else mig_axis)
         if ax is None and spec.per_channel:
             spec = spec.with_(per_channel=False, axis=0)
-        inputs[j] = spec
+        inputs[j] = backend.matmul_input_spec(j, spec) if k == Kind.MATMUL else spec
     out_spec, after = _output_quantizer(gm, node, k, config, a_bits)
     b = node.meta.get("qhyvit_bridge")
     return QuantAnnotation(
