@@ -56,8 +56,13 @@ def main():
                 line = (f"  {v:14s} {bits}: top-1 {t['top1']:.2f} agree {t['agreement']:.2f} kl {t['kl']:.5f}"
                         f"  ({r['calib_seconds']:.0f} s)")
                 if "ort" in r:
-                    line += (f" | ORT top-1 {r['ort']['top1']:.2f} agree {r['ort']['agreement']:.2f}"
+                    rt = {"openvino": "OpenVINO"}.get(r.get("runtime"), "ORT")
+                    line += (f" | {rt} top-1 {r['ort']['top1']:.2f} agree {r['ort']['agreement']:.2f}"
                              f" vs torch {r['ort_vs_torch']['agreement']:.2f} max|d| {r['ort_vs_torch']['max_abs_diff']:.4f}")
+                if "coverage" in r:
+                    c = r["coverage"]
+                    line += (f" | {c['runtime']} int8 {c['integer_ops']}/{c['compute_ops']}"
+                             f" ({c['integer_mac_share']:.1f} % MACs)")
                 print(line, flush=True)
         write_json(args.json, out)
 

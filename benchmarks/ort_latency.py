@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
-"""onnxruntime latency of several ONNX files, measured side by side (no torch in this process).
+"""onnxruntime (or OpenVINO) latency of several model files, measured side by side (no torch in this process).
 
-    python benchmarks/ort_latency.py --threads 1 --batch 8 a.onnx b.onnx ...
+    python benchmarks/ort_latency.py --threads 1 --batch 8 a.onnx b.onnx openvino:c.onnx openvino:d.xml ...
+
+A path prefixed ``openvino:`` is compiled by OpenVINO for the CPU with its default inference precision
+(what a deployment gets: bf16 for the float parts on CPUs with AVX512-BF16 / AMX) and
+``INFERENCE_NUM_THREADS`` threads; the others run in onnxruntime's default session.
 
 Prints JSON: for each file the median latency in ms, and its ratio to the first file.  The files
 are measured in interleaved rounds (a, b, c, a, b, c, ...): each round gives every file a median of
@@ -28,11 +32,38 @@ def session(path: str, threads: int):
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
+class OpenVINOSession:
+    """The slice of onnxruntime's InferenceSession API that ``measure`` uses, over an OpenVINO model."""
+
+    def __init__(self, path: str, threads: int, batch: int):
+        import openvino as ov
+        core = ov.Core()
+        model = core.read_model(path)
+        shape = model.input(0).get_partial_shape()
+        shape[0] = batch
+        model.reshape({model.input(0).any_name: shape})
+        self.compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                          "PERFORMANCE_HINT": "LATENCY"})
+        self.request = self.compiled.create_infer_request()
+        self.shape = [int(d) for d in model.input(0).get_shape()]
+
+    def run(self, _, feed):
+        self.request.infer({0: next(iter(feed.values()))})
+
+
+def _open(path: str, threads: int, batch: int):
+    if path.startswith("openvino:"):
+        return OpenVINOSession(path[len("openvino:"):], threads, batch)
+    return session(path, threads)
+
+
 def measure(paths, threads: int, batch: int, runs: int, rounds: int, warmup: int = 5, seed: int = 0) -> dict:
-    sessions = [session(p, threads) for p in paths]
-    shape = [batch] + [int(d) for d in sessions[0].get_inputs()[0].shape[1:]]
+    sessions = [_open(p, threads, batch) for p in paths]
+    first = sessions[0]
+    dims = first.shape[1:] if isinstance(first, OpenVINOSession) else first.get_inputs()[0].shape[1:]
+    shape = [batch] + [int(d) for d in dims]
     x = np.random.default_rng(seed).random(shape, dtype=np.float32)
-    feeds = [{s.get_inputs()[0].name: x} for s in sessions]
+    feeds = [{"x" if isinstance(s, OpenVINOSession) else s.get_inputs()[0].name: x} for s in sessions]
     per_round = []
     for _ in range(rounds):
         row = []
