@@ -162,6 +162,8 @@ def test_integer_mode_runs_silu_and_residual_adds_in_integer_kernels(tmp_path, t
     assert integ.get("QLinearConcat") == 1       # the MobileViT block joins its shortcut on integers too
     assert not any(k in part for k in ("QLinearSigmoid", "QLinearMul", "QLinearAdd", "QLinearConcat"))
     assert "Sigmoid" not in integ and "QuickGelu" not in integ
+    # the softmax stays float on onnxruntime (its QLinearSoftmax is slower than Softmax between Q/DQ)
+    assert "QLinearSoftmax" not in integ and integ.get("Softmax") == 1
     # fewer float <-> integer conversions
     assert integ["QuantizeLinear"] + integ["DequantizeLinear"] < part["QuantizeLinear"] + part["DequantizeLinear"]
     assert ratios["integer"] < 0.08
@@ -314,3 +316,14 @@ def test_output_quantizers_keep_minmax_ranges_unless_searched(tiny, tiny_images)
         assert torch.equal(qp.scale, ref[layer].scale) and torch.equal(qp.zero_point, ref[layer].zero_point)
     searched = outputs(method="qhyvit", search_outputs=True)
     assert set(searched) == set(ref)
+
+
+def test_integer_mode_leaves_float_what_the_backend_names(tiny, tiny_images):
+    """Backend.integer_mode_float_ops is the one switch: softmax float in integer mode on ort, quantized
+    on the fake-quant target and in full mode."""
+    from qhyvit_fx.passes.annotate import ANNOTATION, quantized_layers
+    kinds = {}
+    for target, mode in (("ort", "integer"), ("fakequant", "integer"), ("ort", "full")):
+        pm = q.prepare(tiny, tiny_images[:1], q.QConfig(target=target, mode=mode))
+        kinds[target, mode] = [n.meta[ANNOTATION].kind for n in quantized_layers(pm)].count("softmax")
+    assert kinds == {("ort", "integer"): 0, ("fakequant", "integer"): 1, ("ort", "full"): 1}

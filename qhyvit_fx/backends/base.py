@@ -41,6 +41,9 @@ class Backend:
     eval_runtime: str = "onnxruntime"       # the runtime ``qhyvit quantize`` / ``eval`` measure its exports in
     signed_matmul_operand: bool = False     # a matmul of two activations reads its second operand in
                                             # symmetric int8 (OpenVINO's CPU int8 MatMul takes i8 there)
+    integer_mode_float_ops: Tuple[str, ...] = ()   # elementwise kinds (softmax, norm, ...) that integer mode
+                                                    # leaves in float: the runtime's integer kernel for them
+                                                    # was measured slower than the float op between Q/DQ
 
     def weight_spec(self, spec):
         """The weight spec the kernels can run (symmetric int8 where weights take no zero point)."""

@@ -283,8 +283,9 @@ def _annotate_elementwise(gm: fx.GraphModule, config: QConfig, used: set) -> Non
     for node in gm.graph.nodes:
         if ANNOTATION in node.meta:
             continue
-        found = _full_mode_inputs(gm, node, live, integer=config.mode_rules.integer_tensors)
-        if found is None:
+        integer = config.mode_rules.integer_tensors
+        found = _full_mode_inputs(gm, node, live, integer=integer)
+        if found is None or (integer and found[0] in config.backend.integer_mode_float_ops):
             continue
         kind, idxs, axes = found
         name = layer_name(gm, node)
