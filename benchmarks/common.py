@@ -183,6 +183,9 @@ VARIANTS = {
     "qhyvit-full": dict(method="qhyvit", mode="full"),
     "minmax-ort": dict(method="minmax", target="ort", kernel="auto"),
     "qhyvit-ort": dict(method="qhyvit", target="ort", kernel="auto"),
+    # integer mode (the README's onnxruntime deployment mode): adds, SiLU products, sigmoids, concats in QLinear ops
+    "minmax-ort-int": dict(method="minmax", target="ort", kernel="auto", mode="integer"),
+    "qhyvit-ort-int": dict(method="qhyvit", target="ort", kernel="auto", mode="integer"),
     # the baselines as shipped (the same backend rules as MinMax shipped)
     "easyquant-ort": dict(method="easyquant", target="ort", kernel="auto"),
     "ptq4vit-ort": dict(method="ptq4vit", target="ort", kernel="auto"),

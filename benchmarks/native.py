@@ -113,6 +113,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json", default=os.path.join(RESULTS, "native.json"))
     ap.add_argument("--resume", action="store_true", help="keep the models already in --json, measure the rest")
+    ap.add_argument("--runtimes", nargs="+", default=["onnxruntime", "openvino"], choices=["onnxruntime", "openvino"],
+                    help="measure these groups again (with --resume: in the models already there too)")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     torch.set_num_threads(2)
@@ -126,16 +128,18 @@ def main(argv=None) -> int:
             payload["results"] = json.load(f)["results"]
     for spec in args.models:
         name, px = spec.split(":")
-        if f"{name} @ {px}" in payload["results"]:
+        key = f"{name} @ {px}"
+        if key in payload["results"] and len(args.runtimes) == 2:
             continue
         with tempfile.TemporaryDirectory() as d:
             paths = build(name, int(px), d)
-            res = {"onnxruntime": measure([paths[k] for k in ORT_KINDS], args.runs, args.rounds),
-                   "openvino": measure([paths[k] for k in OV_KINDS], args.runs, args.rounds),
-                   "nncf_preset": paths["nncf-preset"]}
-        payload["results"][f"{name} @ {px}"] = res
+            res = dict(payload["results"].get(key, {}), nncf_preset=paths["nncf-preset"])
+            for group, kinds in (("onnxruntime", ORT_KINDS), ("openvino", OV_KINDS)):
+                if group in args.runtimes:
+                    res[group] = measure([paths[k] for k in kinds], args.runs, args.rounds)
+        payload["results"][key] = res
         write_json(args.json, payload)
-        print(table({f"{name} @ {px}": res}), flush=True)
+        print(table({key: res}), flush=True)
     print(table(payload["results"]))
     return 0
 

@@ -131,9 +131,9 @@ def test_quantize_integer_mode_and_export_round_trip(tmp_path, capsys):
     kinds = {}
     for d in dec["layers"]:
         kinds[d["kind"]] = kinds.get(d["kind"], 0) + 1
-    # 90 layers, plus 21 LayerNorms, 9 softmax, and per SiLU a sigmoid and a product (34 each), 21 residual adds
-    assert kinds == {"conv": 35, "linear": 37, "matmul": 18, "norm": 21, "softmax": 9, "activation": 34,
-                     "mul": 34, "add": 21}
+    # 90 layers, plus 21 LayerNorms, per SiLU a sigmoid and a product (34 each), 21 residual adds; the 9
+    # softmax stay float on onnxruntime (Backend.integer_mode_float_ops)
+    assert kinds == {"conv": 35, "linear": 37, "matmul": 18, "norm": 21, "activation": 34, "mul": 34, "add": 21}
     rep = check_onnx(os.path.join(out, "model.onnx"))
     assert rep.integer_count == len(rep.ops) == 90
     ops = rep.optimized_ops
