@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Tuple
 
-from .check import COMPUTE, CheckReport, OpReport, _display_name, _macs, _shapes, _weight_init
+from .check import CheckReport, OpReport, _display_name, _macs, _weight_init
 
 INT_PRECISIONS = ("u8", "i8")
 
@@ -81,15 +81,8 @@ def _f32_reason(node, producers, values) -> str:
 
 def check_openvino(path: str, device: str = "CPU") -> CheckReport:
     """Every Conv / MatMul / Gemm of ``path`` with the OpenVINO runtime node that executes it."""
-    import onnx
-
-    from .check_tensorrt import _values
-    model = onnx.load(path)
-    compute = [n for n in model.graph.node if n.op_type in COMPUTE]
-    shapes = _shapes(model, [t for n in compute for t in list(n.input[:2]) + [n.output[0]]])
-    inits = {i.name: i for i in model.graph.initializer}
-    values = _values(model)
-    producers = {o: n for n in model.graph.node for o in n.output}
+    from .check_tensorrt import graph_tables
+    model, compute, shapes, inits, values, producers = graph_tables(path)
     wanted = {n.output[0]: n.name for n in compute}
     wanted.update({n.name: n.name for n in compute})
     owners, counts = _runtime_owners(path, wanted, device)

@@ -154,15 +154,21 @@ def _weight_dq(t: str, producers, inits):
     return None, []
 
 
-def check_tensorrt(path: str) -> TensorRTReport:
-    """Every Conv / MatMul / Gemm of ``path`` judged by TensorRT's explicit-quantization rules."""
+def graph_tables(path: str):
+    """(model, compute ops, shapes, initializers, constant values, producer of each tensor) of an ONNX
+    file: what both runtime checks read."""
     import onnx
     model = onnx.load(path)
     compute = [n for n in model.graph.node if n.op_type in COMPUTE]
     shapes = _shapes(model, [t for n in compute for t in list(n.input[:2]) + [n.output[0]]])
     inits = {i.name: i for i in model.graph.initializer}
-    values = _values(model)
     producers = {o: n for n in model.graph.node for o in n.output}
+    return model, compute, shapes, inits, _values(model), producers
+
+
+def check_tensorrt(path: str) -> TensorRTReport:
+    """Every Conv / MatMul / Gemm of ``path`` judged by TensorRT's explicit-quantization rules."""
+    model, compute, shapes, inits, values, producers = graph_tables(path)
     rep = TensorRTReport(os.path.basename(path))
     for n in model.graph.node:
         if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
