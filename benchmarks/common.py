@@ -259,7 +259,7 @@ def cell(name, variant, bits, lm, calib, batches, fp, labels, ort: bool, fresh: 
     key = {"model": name, "variant": variant, "bits": bits, "images": len(labels)}
     cfg = config_for(variant, bits)
     hit = None if fresh else lookup(name, variant, bits, len(labels))
-    wants_ort = ort or any(t in variant for t in ("-ort", "-trt", "-ov"))
+    wants_ort = ort or cfg.target != "fakequant"    # a deployment target: run the file it ships
     if hit is not None and ("ort" in hit or not wants_ort):
         return hit
     from qhyvit_fx.export import export_onnx, ort_callable
@@ -275,20 +275,21 @@ def cell(name, variant, bits, lm, calib, batches, fp, labels, ort: bool, fresh: 
             path = os.path.join(d, "m.onnx")
             export_onnx(qm, path)
             qlogits = run_model(qm, batches)
-            if "-ov" in variant:          # an OpenVINO-target file runs in OpenVINO (f32 hint; its int8 kernels)
+            backend = cfg.backend
+            if backend.eval_runtime == "openvino":    # OpenVINO (f32 hint; its int8 kernels)
                 from qhyvit_fx.check_openvino import openvino_callable
                 runner = openvino_callable(path, precision="f32")
             else:   # a TensorRT-rules file: onnxruntime evaluates its Q/DQ in float (what TensorRT's int8 computes)
-                runner = ort_callable(path, optimize="-trt" not in variant)
+                runner = ort_callable(path, optimize=backend.check_runtime != "tensorrt")
             ologits = run_model(runner, batches)
             res["ort"] = metrics(ologits, fp, labels)     # "ort": the shipped file in its runtime
-            res["runtime"] = cfg.backend.eval_runtime
+            res["runtime"] = backend.eval_runtime
             res["ort_vs_torch"] = metrics(ologits, qlogits, labels)
             res["onnx_bytes"] = os.path.getsize(path)
             # integer coverage as the runtime the file is made for judges it (qhyvit check --runtime)
             from qhyvit_fx.check import check_runtime
-            rep = check_runtime(path, cfg.backend.check_runtime)
-            res["coverage"] = {"runtime": cfg.backend.check_runtime, "integer_ops": rep.integer_count,
+            rep = check_runtime(path, backend.check_runtime)
+            res["coverage"] = {"runtime": backend.check_runtime, "integer_ops": rep.integer_count,
                                "compute_ops": len(rep.ops), "integer_mac_share": round(rep.mac_share, 3)}
     store("accuracy", key, res)
     return res

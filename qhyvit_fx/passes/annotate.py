@@ -76,10 +76,11 @@ def _clipping_activation(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
     return u.name if ok else None
 
 
-def _clips_above(gm: fx.GraphModule, name: str) -> bool:
-    """Whether the activation ``name`` (from :func:`_clipping_activation`) also clips from above (ReLU6)."""
+def _clips_above(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether the clipping activation that alone reads ``node`` (:func:`_clipping_activation`) also
+    clips from above (ReLU6)."""
     import torch.nn.functional as F
-    u = next(n for n in gm.graph.nodes if n.name == name)
+    u = next(iter(node.users))
     if u.op == "call_module":
         return isinstance(gm.get_submodule(u.target), nn.Hardtanh)     # ReLU6 is a Hardtanh
     return u.op == "call_function" and u.target is F.relu6
@@ -280,7 +281,7 @@ def _output_quantizer(gm: fx.GraphModule, node: fx.Node, k: Kind, config: QConfi
     if not (config.quantize_outputs or (config.backend.fused_outputs and needs_out)):
         return None, None
     after = None if bare_relu else _clipping_activation(gm, node)
-    if after is not None and a_bits < 8 and _clips_above(gm, after):
+    if after is not None and a_bits < 8 and _clips_above(gm, node):
         # onnxruntime drops a Clip in front of a QuantizeLinear only when the Q's whole uint8 range lies
         # inside the clip; below 8 bits 255 codes reach past ReLU6's 6, the Clip stays and the conv is
         # not fused.  Quantize the raw output instead (fused), the Clip then reads it in float.
