@@ -6,7 +6,7 @@ QuantizeLinear.  A per-axis QuantizeLinear read by a per-tensor DequantizeLinear
 is how migrated per-channel inputs ship.  Weight-code limits of AVX2 kernels: ``qhyvit_fx.target``.
 
 Integer mode leaves softmax in float: onnxruntime 1.32's QLinearSoftmax took 36 % of mobilevit_xxs's
-kernel time at 256 px, and with the softmax in float the model runs at 0.84x FP32 instead of 1.33x
+kernel time at 256 px, and with the softmax in float the model runs at 0.93x FP32 instead of 1.34x
 (1 thread, batch 1; ``benchmarks/native.py``, RESULTS.md "Deployment toolchains").
 """
 from .base import Backend, register_backend
