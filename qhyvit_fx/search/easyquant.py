@@ -23,6 +23,7 @@ from .candidates import (candidate_params, chunks, fractions_for, quant_operand,
                          take, weight_candidates)
 from .hybrid import LayerResult
 from .problem import MatmulProblem, SearchOptions, WeightedLayerProblem
+from .rounds import alternate
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor, dims) -> torch.Tensor:
@@ -30,6 +31,10 @@ def cosine(a: torch.Tensor, b: torch.Tensor, dims) -> torch.Tensor:
     num = (a * b).sum(dims)
     den = (a * a).sum(dims).sqrt() * (b * b).sum(dims).sqrt()
     return num / den.clamp_min(1e-30)
+
+
+def _same_scales(old, new) -> bool:
+    return all(torch.equal(a.scale, b.scale) for a, b in zip(old, new))
 
 
 def _target(p: WeightedLayerProblem) -> torch.Tensor:
@@ -50,27 +55,28 @@ def easyquant_weighted(p: WeightedLayerProblem, opts: SearchOptions) -> LayerRes
         return float(cosine(out, target, (-1, -2)))
 
     before = cos_now()
-    rounds = 0
-    for rounds in range(1, opts.rounds + 1):
-        prev = (a_qp.scale.clone(), w_qp.scale.clone())
-        # activation scale, weight fixed
+
+    def input_step(s):
+        a_qp, w_qp = s
         wq = weight_candidates(p.weight, w_qp)
         cands = candidate_params(a_lo, a_hi, p.a_spec, f)
         sims = []
         for a, b in chunks(len(f), S * (C + p.patches.shape[1]), opts):
             xq = quant_patches(p, p.patches, slice_candidates(cands, a, b))
             sims.append(cosine(p.layer_forward(xq, wq), target, (-1, -2)))
-        a_qp = take(cands, int(torch.cat(sims).argmax()))
-        # weight scale(s), activation fixed
+        return take(cands, int(torch.cat(sims).argmax())), w_qp
+
+    def weight_step(s):
+        a_qp, w_qp = s
         xq = quant_patches(p, p.patches, a_qp)
         cands = candidate_params(w_lo, w_hi, p.w_spec, f)
         sims = []
         for a, b in chunks(len(f), S * C + p.weight.numel(), opts):
             out = p.layer_forward(xq, weight_candidates(p.weight, slice_candidates(cands, a, b)))
             sims.append(cosine(out, target, (-1, -2)))
-        w_qp = take(cands, int(torch.cat(sims).argmax()))
-        if torch.equal(prev[0], a_qp.scale) and torch.equal(prev[1], w_qp.scale):
-            break
+        return a_qp, take(cands, int(torch.cat(sims).argmax()))
+
+    (a_qp, w_qp), rounds = alternate((a_qp, w_qp), (input_step, weight_step), _same_scales, opts)
     after = cos_now()
     return LayerResult(p.name, w_qp, [a_qp], 1.0 - before, 1.0 - after, rounds,
                        info={"objective": "1 - cosine similarity"})
@@ -90,10 +96,9 @@ def easyquant_matmul(prob: MatmulProblem, opts: SearchOptions) -> LayerResult:
                             prob.out_fp, (-1, -2, -3)))
 
     before = cos_now()
-    rounds = 0
-    for rounds in range(1, opts.rounds + 1):
-        prev = [q.scale.clone() for q in qps]
-        for which in (0, 1):
+
+    def operand_step(which):
+        def step(qps):
             other = quant_operand(ops[1 - which], qps[1 - which])
             lo, hi = prob.stats[which].range(False)
             cands = candidate_params(lo, hi, qps[which].spec, f)
@@ -102,9 +107,11 @@ def easyquant_matmul(prob: MatmulProblem, opts: SearchOptions) -> LayerResult:
                 xq = quant_operand(ops[which], slice_candidates(cands, a, b))
                 out = out_of(xq, other) if which == 0 else out_of(other, xq)
                 sims.append(cosine(out, prob.out_fp, (-1, -2, -3)))
-            qps[which] = take(cands, int(torch.cat(sims).argmax()))
-        if all(torch.equal(p_, q.scale) for p_, q in zip(prev, qps)):
-            break
+            new = list(qps)
+            new[which] = take(cands, int(torch.cat(sims).argmax()))
+            return new
+        return step
+    qps, rounds = alternate(qps, (operand_step(0), operand_step(1)), _same_scales, opts)
     after = cos_now()
     return LayerResult(prob.name, None, qps, 1.0 - before, 1.0 - after, rounds,
                        info={"objective": "1 - cosine similarity"})

@@ -33,6 +33,7 @@ from .candidates import (candidate_params, chunks, fractions_for, one, quant_ope
                          slice_candidates, spec_combos, take, weight_candidates)
 from .problem import ActStats, MatmulProblem, SearchOptions, WeightedLayerProblem
 from .rounding import dequantize, round_weight
+from .rounds import alternate
 
 
 @dataclass
@@ -62,28 +63,10 @@ class LayerResult:
     weight_codes: Optional[torch.Tensor] = None   # [C, Kg] int8 codes other than round-to-nearest (rounding.py)
 
 
-# ---- candidates ----------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 # ---- errors of weighted layers -------------------------------------------------------------
 
 def _rows(n: int, coarse: int, opts: SearchOptions) -> int:
     return n if opts.exhaustive else min(n, max(1, coarse))
-
-
 
 
 def _halving(err_of, n: int, total: int, opts: SearchOptions) -> Tuple[int, float]:
@@ -352,11 +335,7 @@ def rounded_codes(p: WeightedLayerProblem, wqp: QParams, in_qp: QParams, m: Opti
     return codes
 
 
-
-
 # ---- matmul --------------------------------------------------------------------------------
-
-
 
 def _mm_err(prob: MatmulProblem, which: int, qp: QParams, other_q: torch.Tensor, r: int, opts: SearchOptions
             ) -> torch.Tensor:
@@ -431,33 +410,32 @@ def search_weighted(p: WeightedLayerProblem, opts: SearchOptions) -> LayerResult
             wch = _minmax_choice(*channel_minmax(_weight_in(p, m), 0 if p.w_spec.per_channel else None), p.w_spec)
         before = _total_weighted(p, wch, ach, m, opts)
         stats: dict = {}
-        rounds = 0
-        last = before
-        for r in range(opts.rounds):
-            rounds += 1
-            xq = quant_patches(p, p.patches, ach.qp)
-            w_dom = _weight_in(p, m)
-            if m is None:
-                new_w = _search_weight(p, xq, wch, opts, stats)
-            else:                     # the weight quantizer acts on W * m, fed x_hat / m
-                new_w = _search_weight(replace(p, weight=w_dom), xq / m[p.col_channel][None, :], wch, opts, stats)
 
-            def wq_for(spec, new_w=new_w, w_dom=w_dom):
+        def weight_step(s):
+            wch, ach, m = s
+            xq = quant_patches(p, p.patches, ach.qp)
+            if m is None:
+                return _search_weight(p, xq, wch, opts, stats), ach, m
+            # the weight quantizer acts on W * m, fed x_hat / m
+            return _search_weight(replace(p, weight=_weight_in(p, m)), xq / m[p.col_channel][None, :], wch, opts,
+                                  stats), ach, m
+
+        def input_step(s):
+            new_w, ach, m = s
+            w_dom = _weight_in(p, m)
+
+            def wq_for(spec):
                 m2 = _migration(p, spec)
                 return _effective_weight(p, _moved(new_w.qp, w_dom, _weight_in(p, m2)), m2)
             new_a = _search_act(p, wq_for, ach, opts, stats)
             m_new = _migration(p, new_a.spec, new_a.qp)
             if m_new is not None or m is not None:
-                moved = _moved(new_w.qp, w_dom, _weight_in(p, m_new))
-                new_w = Choice(moved, new_w.key + (new_a.key,), new_w.frac)
-            changed = new_w.key != wch.key or new_a.key != ach.key
-            wch, ach, m = new_w, new_a, m_new
-            if not changed:
-                break
-            now = _total_weighted(p, wch, ach, m, opts)
-            if last - now <= opts.round_tol * last:
-                break
-            last = now
+                new_w = Choice(_moved(new_w.qp, w_dom, _weight_in(p, m_new)), new_w.key + (new_a.key,), new_w.frac)
+            return new_w, new_a, m_new
+
+        (wch, ach, m), rounds = alternate(
+            (wch, ach, m), (weight_step, input_step), lambda s, t: s[0].key == t[0].key and s[1].key == t[1].key,
+            opts, objective=lambda s: _total_weighted(p, *s, opts), start=before)
         codes = rounded_codes(p, wch.qp, ach.qp, m, opts)
         wq = _effective_weight(p, wch.qp, m, codes)
         after = float(_w_err_direct(p, quant_patches(p, p.patches, ach.qp), wq[None], p.rows, opts).sum())
@@ -529,22 +507,17 @@ def search_matmul(prob: MatmulProblem, opts: SearchOptions) -> LayerResult:
             return float((prob.grad2 * d * d).sum())
         before = total(chs)
         stats: dict = {}
-        rounds = 0
-        last = before
-        for r in range(opts.rounds):
-            rounds += 1
-            changed = False
-            for i in (0, 1):
+
+        def operand_step(i):
+            def step(chs):
                 other = quant_operand(ops[1 - i], chs[1 - i].qp)
-                new = _search_mm(prob, i, other, chs[i], opts, stats)
-                changed |= new.key != chs[i].key
-                chs[i] = new
-            if not changed:
-                break
-            now = total(chs)
-            if last - now <= opts.round_tol * last:
-                break
-            last = now
+                new = list(chs)
+                new[i] = _search_mm(prob, i, other, chs[i], opts, stats)
+                return new
+            return step
+        chs, rounds = alternate(chs, (operand_step(0), operand_step(1)),
+                                lambda s, t: all(a.key == b.key for a, b in zip(s, t)), opts,
+                                objective=total, start=before)
         after = total(chs)
     return LayerResult(prob.name, None, [c.qp for c in chs], before, after, rounds, stats.get("evals", 0))
 
