@@ -31,6 +31,7 @@ import torch
 from ..quantizer import QParams, QSpec, channel_minmax, fake_quant, params_from_range
 from .candidates import (candidate_params, chunks, fractions_for, one, quant_operand, quant_patches,  # noqa: F401
                          slice_candidates, spec_combos, take, weight_candidates)
+from .objective import weighted_error
 from .problem import ActStats, MatmulProblem, SearchOptions, WeightedLayerProblem
 from .rounding import dequantize, round_weight
 from .rounds import alternate
@@ -97,8 +98,7 @@ def _w_err_direct(p: WeightedLayerProblem, xq: torch.Tensor, wq: torch.Tensor, r
         o = p.layer_forward(x, wq[a:b])
         if p.tail is not None:
             o = p.tail(o, None)
-        d = o - out
-        e = (g2 * d * d).sum(-2)
+        e = weighted_error(o, out, g2, -2)
         res.append(e.sum(-1) if p.tail is not None else e)
     return torch.cat(res)
 
@@ -112,9 +112,10 @@ class _Gram:
         g = p.groups
         Cg = C // g
         xg = xq.reshape(S, g, Kg)
-        r = p.layer_forward(xq, p.weight) - p.out_fp                     # [S, C]
+        o = p.layer_forward(xq, p.weight)
+        r = o - p.out_fp                                                 # [S, C]
         gr = p.grad2 * r
-        self.const = (p.grad2 * r * r).sum(0)                            # [C]
+        self.const = weighted_error(o, p.out_fp, p.grad2, 0)             # [C]
         self.H = torch.empty(C, Kg, Kg)
         self.b = torch.empty(C, Kg)
         grp = torch.arange(C) // Cg
@@ -249,8 +250,7 @@ def _act_errors(p: WeightedLayerProblem, spec: QSpec, f: torch.Tensor, wq: torch
             o = p.layer_forward(quant_patches(p, x, slice_candidates(qp, a, b)), wq)
             if p.tail is not None:
                 o = p.tail(o, idx)
-            d = o.sub_(out)
-            total[a:b] += (d.mul_(d).mul_(g2)).sum((-1, -2))
+            total[a:b] += weighted_error(o, out, g2, (-1, -2))
     return total
 
 
@@ -351,8 +351,7 @@ def _mm_err(prob: MatmulProblem, which: int, qp: QParams, other_q: torch.Tensor,
     res = []
     for a, b in chunks(qp.scale.shape[0], out.numel() + x.numel(), opts):
         xq = quant_operand(x, slice_candidates(qp, a, b))
-        d = (xq @ other_q if which == 0 else other_q @ xq).sub_(out)
-        res.append(d.mul_(d).mul_(g2).sum((-1, -2, -3)))
+        res.append(weighted_error(xq @ other_q if which == 0 else other_q @ xq, out, g2, (-1, -2, -3)))
     return torch.cat(res)
 
 
@@ -503,8 +502,7 @@ def search_matmul(prob: MatmulProblem, opts: SearchOptions) -> LayerResult:
 
         def total(c):
             qa, qb = quant_operand(prob.a, c[0].qp), quant_operand(prob.b, c[1].qp)
-            d = qa @ qb - prob.out_fp
-            return float((prob.grad2 * d * d).sum())
+            return float(weighted_error(qa @ qb, prob.out_fp, prob.grad2))
         before = total(chs)
         stats: dict = {}
 

@@ -14,6 +14,7 @@ from typing import List, Optional, Tuple, Union
 import torch
 
 from ..quantizer import QParams, QSpec, fake_quant, quant_dequant
+from .objective import weighted_error
 from .problem import ActStats, MatmulProblem, WeightedLayerProblem
 
 SOFTMAX = "softmax"
@@ -83,7 +84,7 @@ def objective(p: Union[WeightedLayerProblem, MatmulProblem], inputs: List[QParam
         else:
             xq = quant_dequant(x, qp)
         o = _weighted_out(p, xq, weight)
-    return float((p.grad2 * (o - p.out_fp) ** 2).sum())
+    return float(weighted_error(o, p.out_fp, p.grad2))
 
 
 def refine_input(p: Union[WeightedLayerProblem, MatmulProblem], which: int, inputs: List[QParams],

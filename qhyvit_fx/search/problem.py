@@ -17,6 +17,7 @@ from typing import Callable, List, Optional
 import torch
 
 from ..quantizer import QSpec
+from .objective import weighted_error
 
 
 @dataclass
@@ -83,8 +84,7 @@ class WeightedLayerProblem:
         weigh the difference."""
         if self.o_act is not None:
             oq, ref, g2 = self.o_act(oq), self.o_act(ref), self.o_act_grad2[rows]
-        d = oq.sub_(ref) if self.o_act is None else oq - ref
-        return d.mul_(d).mul_(g2).sum((-1, -2))
+        return weighted_error(oq, ref, g2, (-1, -2))
 
     def layer_forward(self, xq: torch.Tensor, wq: torch.Tensor) -> torch.Tensor:
         """Layer output rows for (possibly candidate-batched) inputs/weights.

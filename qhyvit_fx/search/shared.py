@@ -18,6 +18,7 @@ from ..quantizer import QParams, QSpec, fake_quant
 from .candidates import candidate_params, chunks, fractions_for, quant_operand, quant_patches, take
 from .hybrid import (Choice, LayerResult, _act_errors, _effective_weight, _fold_parts, _mm_err, _search_weight,
                      _w_err_direct, result_weight, rounded_codes)
+from .objective import weighted_error
 from .problem import ActStats, MatmulProblem, SearchOptions, WeightedLayerProblem
 
 
@@ -55,8 +56,7 @@ def _output_errors(p: WeightedLayerProblem, res: LayerResult, spec: QSpec, f: to
         for a, b in chunks(len(f), rows.numel(), opts):
             oq = fake_quant(rows, qp.scale[a:b], qp.zero_point[a:b], spec.qmin, spec.qmax)
             if p.tail is not None:
-                d = p.tail(oq, idx).sub_(ref)
-                total[a:b] += d.mul_(d).mul_(g2).sum((-1, -2))
+                total[a:b] += weighted_error(p.tail(oq, idx), ref, g2, (-1, -2))
             else:
                 total[a:b] += p.output_error(oq, slice(None) if idx is None else idx, ref, g2)
     return total
@@ -110,8 +110,8 @@ def _refit(pt: SharedPoint, qp: QParams, opts: SearchOptions) -> LayerResult:
     inputs[i] = qp
     if isinstance(p, MatmulProblem):
         qa, qb = quant_operand(p.a, inputs[0]), quant_operand(p.b, inputs[1])
-        d = qa @ qb - p.out_fp
-        return replace(res, inputs=inputs, error_after=float((p.grad2 * d * d).sum()))
+        return replace(res, inputs=inputs,
+                       error_after=float(weighted_error(qa @ qb, p.out_fp, p.grad2)))
     if res.migration is not None:
         return replace(res, inputs=inputs)
     xq = quant_patches(p, p.patches, qp)
