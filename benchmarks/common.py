@@ -263,12 +263,13 @@ def cell(name, variant, bits, lm, calib, batches, fp, labels, ort: bool, fresh: 
     if hit is not None and ("ort" in hit or not wants_ort):
         return hit
     from qhyvit_fx.export import export_onnx, ort_callable
+    from qhyvit_fx.state import quant_state
     t0 = time.time()
     _, qm = quantize(lm.model, calib, cfg)
     secs = time.time() - t0
     res = {"key": key, "config": cfg.to_dict(), "calib_seconds": round(secs, 2),
            "torch": metrics(run_model(qm, batches), fp, labels)}
-    dec = qm.meta["qhyvit_decisions"]
+    dec = quant_state(qm).decisions
     res["choices"] = _choices(dec)
     if wants_ort:
         with tempfile.TemporaryDirectory() as d:

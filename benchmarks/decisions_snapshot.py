@@ -71,7 +71,7 @@ def main():
                 cfg = qhyvit_fx.QConfig(method=method, mode=mode, target=target, w_bits=bits, a_bits=bits)
                 qm = qhyvit_fx.prepare(model, x[:1], cfg)
                 qhyvit_fx.calibrate(qm, x)
-                d = qm.meta["qhyvit_decisions"].to_dict()
+                d = qhyvit_fx.quant_state(qm).decisions.to_dict()
             except Exception as e:      # a combination a method does not support is part of the snapshot too
                 d = {"error": f"{type(e).__name__}: {e}"}
             for k in VOLATILE_META:

@@ -43,7 +43,7 @@ def main():
     cfg = q.QConfig(w_bits=w, a_bits=a, method="qhyvit")
     pm = q.prepare(lm.model, calib[:1], cfg)
     q.calibrate(pm, calib)
-    dq, dm = pm.meta["qhyvit_decisions"], MinMax(cfg).decide(pm, None)
+    dq, dm = q.quant_state(pm).decisions, MinMax(cfg).decide(pm, None)
 
     def agreement(layers) -> float:
         qm = q.convert(pm, Decisions(layers, dict(dq.meta)))

@@ -95,7 +95,7 @@ def main():
     extra = json.loads(args.config)
     pm = q.prepare(lm.model, calib[:1], q.QConfig.flat(w_bits=w, a_bits=a, method="qhyvit", **extra))
     q.calibrate(pm, calib)
-    dec = pm.meta["qhyvit_decisions"]
+    dec = q.quant_state(pm).decisions
 
     def score(d) -> dict:
         m = Metrics("").update(logits(convert_graph(pm, d), xs), fp, ys)

@@ -38,10 +38,10 @@ def one(model: str, img: int, bits: str, method: str, target: str = "fakequant")
     q.calibrate(pm, calib)
     q.convert(pm)
     total = time.time() - t0
-    meta = pm.meta["qhyvit_decisions"].meta
+    meta = q.quant_state(pm).decisions.meta
     return {"model": model, "img": img, "bits": bits, "method": method, "target": target, "seconds": round(total, 1),
             "seconds_collect": meta.get("seconds_collect"), "images": int(calib.shape[0]),
-            "layers": len(pm.meta["qhyvit_decisions"].layers),
+            "layers": len(q.quant_state(pm).decisions.layers),
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024, 2)}
 
 

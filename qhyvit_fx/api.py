@@ -26,6 +26,7 @@ from .passes.group_quantizers import group_quantizers, quant_groups
 from .passes.insert_observers import insert_observers
 from .passes.unshare_modules import unshare_modules
 from .patterns.bridges import tag_bridges
+from .state import quant_state
 
 __all__ = ["prepare", "calibrate", "convert", "PreparedError"]
 
@@ -72,16 +73,16 @@ def prepare(model: torch.nn.Module, example_inputs: Any, config: Optional[QConfi
     gm = annotate(gm, config)
     gm = group_quantizers(gm)
     gm = insert_observers(gm, record_images=config.calib_images if method.needs_images else 0)
-    gm.meta["qhyvit_prepared"] = True
-    gm.meta["qhyvit_example_shape"] = tuple(example[0].shape)
+    st = quant_state(gm)
+    st.prepared, st.example_shape = True, tuple(example[0].shape)
     gm.eval()
     return gm
 
 
 def _check_prepared(qm: Any) -> None:
-    if not isinstance(qm, fx.GraphModule) or not qm.meta.get("qhyvit_prepared"):
+    if not isinstance(qm, fx.GraphModule) or not quant_state(qm).prepared:
         raise PreparedError("expected the model returned by qhyvit_fx.prepare(...)")
-    if qm.meta.get("qhyvit_converted"):
+    if quant_state(qm).converted:
         raise PreparedError("this model is already converted; calibrate and convert the prepared model")
 
 
@@ -101,9 +102,9 @@ def calibrate(qm: fx.GraphModule, data: Any, *, max_images: Optional[int] = None
     """Run calibration images through a prepared model, then let the
     configured method take its decisions (stored in ``qm.meta``)."""
     _check_prepared(qm)
-    config: QConfig = qm.meta["qhyvit_config"]
+    config: QConfig = quant_state(qm).config
     limit = max_images or config.calib_images
-    expect = qm.meta["qhyvit_example_shape"][1:]
+    expect = quant_state(qm).example_shape[1:]
     seen = 0
     it = _batches(data)
     if progress:
@@ -122,13 +123,14 @@ def calibrate(qm: fx.GraphModule, data: Any, *, max_images: Optional[int] = None
             seen += x.shape[0]
     if seen == 0:
         raise CalibrationError("no calibration images were given")
-    qm.meta["qhyvit_calib_count"] = qm.meta.get("qhyvit_calib_count", 0) + seen
-    qm.meta["qhyvit_decisions"] = decide(qm)
+    st = quant_state(qm)
+    st.calib_count += seen
+    st.decisions = decide(qm)
     return qm
 
 
 def decide(qm: fx.GraphModule) -> Decisions:
-    config: QConfig = qm.meta["qhyvit_config"]
+    config: QConfig = quant_state(qm).config
     method = get_method(config.method)(config)
     images = None
     if method.needs_images:
@@ -147,7 +149,7 @@ def decide(qm: fx.GraphModule) -> Decisions:
     decisions.meta["quantize_outputs"] = config.quantize_outputs or config.backend.fused_outputs
     decisions.meta["weight_range_bits"] = config.weight_range_bits
     decisions.meta["config"] = config.to_dict()      # `qhyvit export` re-prepares exactly this graph
-    decisions.meta["calib_images"] = int(images.shape[0]) if images is not None else qm.meta.get("qhyvit_calib_count")
+    decisions.meta["calib_images"] = int(images.shape[0]) if images is not None else quant_state(qm).calib_count
     return decisions
 
 
@@ -160,7 +162,7 @@ def convert(qm: fx.GraphModule, decisions: Union[None, str, dict, Decisions] = N
     """
     _check_prepared(qm)
     if decisions is None:
-        decisions = qm.meta.get("qhyvit_decisions") or decide(qm)
+        decisions = quant_state(qm).decisions or decide(qm)
     elif isinstance(decisions, str):
         decisions = Decisions.load(decisions)
     elif isinstance(decisions, dict):

@@ -49,16 +49,16 @@ def _runtime_owners(path: str, wanted: Dict[str, str], device: str = "CPU") -> T
     counts: Dict[str, int] = {}
     for op in compiled.get_runtime_model().get_ordered_ops():
         info = op.get_rt_info()
-        kind = info["layerType"].astype(str) if "layerType" in info else op.get_type_name()
+        layer_type = info["layerType"].astype(str) if "layerType" in info else op.get_type_name()
         prec = info["runtimePrecision"].astype(str) if "runtimePrecision" in info else ""
-        key = f"{kind} {prec}".strip()
+        key = f"{layer_type} {prec}".strip()
         counts[key] = counts.get(key, 0) + 1
         names = info["originalLayersNames"].astype(str).split(",") if "originalLayersNames" in info else []
         for n in names:
             base = _onnx_name(n, wanted)
             # a fused node lists its neighbours' layers too: a compute node wins over any other
             if base not in owners or owners[base][0] not in RUNTIME_COMPUTE:
-                owners[base] = (kind, prec)
+                owners[base] = (layer_type, prec)
     return owners, counts
 
 
@@ -88,9 +88,9 @@ def check_openvino(path: str, device: str = "CPU") -> CheckReport:
     owners, counts = _runtime_owners(path, wanted, device)
     rep = CheckReport(os.path.basename(path), optimized_ops=counts)
     for node in compute:
-        kind, prec = owners.get(node.name, ("not found", ""))
+        layer_type, prec = owners.get(node.name, ("not found", ""))
         integer = prec in INT_PRECISIONS
-        kernel = f"{kind} {prec}".strip()
+        kernel = f"{layer_type} {prec}".strip()
         reason = "" if integer else _f32_reason(node, producers, values)
         rep.ops.append(OpReport(_display_name(node, _weight_init(node, producers, inits), producers), node.op_type,
                                 _macs(node, shapes), kernel, integer, reason))

@@ -14,6 +14,7 @@ from typing import List, Optional
 
 from .backends import BACKENDS, MODES
 from .check import RUNTIMES
+from .state import quant_state
 
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 DEFAULT_MODEL = "mobilevit_xxs"
@@ -193,7 +194,7 @@ def _calibrated(job: Job, args, lm, pre, w_bits, a_bits, log):
     pm = api.prepare(lm.model, calib[:1], cfg)
     api.calibrate(pm, calib)
     qm = api.convert(pm)
-    pm.meta["qhyvit_calib_images"] = calib
+    quant_state(pm).calib_images = calib
     return cfg, pm, qm, time.time() - t0
 
 
@@ -269,7 +270,7 @@ def _shipped_baseline(method: str, cfg, lm, pm, folder: str, weight_format: str)
     from . import api
     from .check import check_runtime
     from .export import export_onnx
-    calib = pm.meta["qhyvit_calib_images"]
+    calib = quant_state(pm).calib_images
     ocfg = dataclasses.replace(cfg, method=method, method_params=None, progress=False)
     opm = api.prepare(lm.model, calib[:1], ocfg)
     api.calibrate(opm, calib)
@@ -328,7 +329,7 @@ def cmd_quantize(args) -> int:
     with atomic_dir(args.out, args.force) as tmp:
         lm, pre = _load(job, args.img)
         cfg, pm, qm, secs = _calibrated(job, args, lm, pre, w_bits, a_bits, log)
-        dec = qm.meta["qhyvit_decisions"]
+        dec = quant_state(qm).decisions
         dec.meta.update({"model": job.name, "weights": os.path.basename(job.weights) if job.weights else "pretrained",
                          "img_size": pre.img_size})
         dec.save(os.path.join(tmp, "decisions.json"))
@@ -357,7 +358,7 @@ def cmd_quantize(args) -> int:
             for k, c in checks.items():
                 metrics[k]["integer_ops"], metrics[k]["compute_ops"] = c.integer_count, len(c.ops)
         write_quantize_report(tmp, job=job, config=cfg, prepared=pm, converted=qm, metrics=metrics,
-                              seconds=secs, argv=sys.argv, images=pm.meta.get("qhyvit_calib_images"),
+                              seconds=secs, argv=sys.argv, images=quant_state(pm).calib_images,
                               check=check)
     log(f"wrote {os.path.abspath(args.out)}/: model.onnx, decisions.json, report.md (+ figures)")
     return 0

@@ -78,13 +78,13 @@ class Preprocess:
     img_size: int
     mean: Tuple[float, float, float]
     std: Tuple[float, float, float]
-    kind: str = "resize"           # resize: straight to img_size; crop: shorter side + centre crop (timm eval)
+    fit: str = "resize"            # resize: straight to img_size; crop: shorter side + centre crop (timm eval)
     crop_pct: float = 0.875
     interpolation: str = "bicubic"
 
     def transform(self) -> Callable:
         from torchvision import transforms as T
-        if self.kind == "resize":
+        if self.fit == "resize":
             return T.Compose([T.PILToTensor(), T.ConvertImageDtype(torch.float32), ResizeTensor(self.img_size),
                               T.Normalize(self.mean, self.std)])
         from timm.data import create_transform
@@ -96,7 +96,7 @@ class Preprocess:
         if not meta or "img_size" not in meta:
             return None
         return Preprocess(int(meta["img_size"]), tuple(meta.get("mean", (0.485, 0.456, 0.406))),
-                          tuple(meta.get("std", (0.229, 0.224, 0.225))), kind=meta.get("preprocess", "resize"),
+                          tuple(meta.get("std", (0.229, 0.224, 0.225))), fit=meta.get("preprocess", "resize"),
                           crop_pct=float(meta.get("crop_pct", 0.875)),
                           interpolation=meta.get("interpolation", "bicubic"))
 
@@ -105,7 +105,7 @@ class Preprocess:
         from timm.data import resolve_data_config
         cfg = resolve_data_config({}, model=model)
         size = img_size or int(cfg["input_size"][-1])
-        return Preprocess(size, tuple(cfg["mean"]), tuple(cfg["std"]), kind="crop",
+        return Preprocess(size, tuple(cfg["mean"]), tuple(cfg["std"]), fit="crop",
                           crop_pct=float(cfg.get("crop_pct", 0.875)), interpolation=cfg.get("interpolation", "bicubic"))
 
 

@@ -20,6 +20,7 @@ import torch.fx as fx
 from .decisions import atomic_write_bytes
 from .passes.lower_group_norm import lower_group_norm
 from .passes.specialize_shapes import specialize_shapes
+from .state import quant_state
 
 
 class ExportError(RuntimeError):
@@ -46,7 +47,7 @@ def export_onnx(qm: fx.GraphModule, path: str, example_input: Optional[torch.Ten
     import onnx
 
     if example_input is None:
-        shape = qm.meta.get("qhyvit_example_shape")
+        shape = quant_state(qm).example_shape
         if shape is None:
             raise ExportError("pass example_input: the model carries no example shape")
         example_input = torch.zeros((1,) + tuple(shape[1:]))

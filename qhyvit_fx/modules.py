@@ -242,13 +242,13 @@ class NonUniformQuantize(nn.Module):
     @property
     def qparams(self) -> QParams:
         return QParams(self.spec, self.scale, self.zero_point, self.zp_overflow,
-                       self.scale2 if self.spec.kind.startswith("twin") else None)
+                       self.scale2 if self.spec.quantizer.startswith("twin") else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return quant_dequant(x, self.qparams)
 
     def extra_repr(self) -> str:
-        return f"{self.spec.kind}, bits={self.bits}, scale={float(self.scale):.4g}"
+        return f"{self.spec.quantizer}, bits={self.bits}, scale={float(self.scale):.4g}"
 
 
 def make_quantizer(qparams: QParams, axis: Optional[int] = None) -> nn.Module:
@@ -269,7 +269,7 @@ def quantize_weight(w: torch.Tensor, qp: QParams) -> torch.Tensor:
 class _QuantWeightMixin:
     def _init_weight(self, weight: torch.Tensor, qp: QParams):
         if not qp.spec.uniform:
-            raise ValueError(f"weights take uniform quantizers, not {qp.spec.kind}")
+            raise ValueError(f"weights take uniform quantizers, not {qp.spec.quantizer}")
         if not qp.spec.signed:
             raise ValueError("weights are stored as int8: use signed codes (QSpec(signed=True))")
         self.w_spec = qp.spec

@@ -20,12 +20,12 @@ from typing import Optional, Tuple
 import torch
 
 __all__ = ["QSpec", "QParams", "qrange", "fake_quant", "params_from_range", "params_from_stats",
-           "candidate_fractions", "reduce_dims", "channel_minmax", "QUANTIZER_KINDS", "twin_uniform_quant",
+           "candidate_fractions", "reduce_dims", "channel_minmax", "QUANTIZERS", "twin_uniform_quant",
            "log_quant", "quant_dequant", "ptf_params"]
 
 MIN_SCALE = 1e-8
 
-# Quantizer kinds beside the uniform affine one (the baselines' non-uniform quantizers):
+# Quantizer forms beside the uniform affine one (the baselines' non-uniform quantizers):
 #   twin_pos     PTQ4ViT twin-uniform for post-softmax values in [0, 1]: two unsigned (bits-1)-bit
 #                ranges, R1 = [0, m*s1) with the fine scale s1 and R2 = [0, (m-1)*s2] with the coarse
 #                scale s2 = 2^j * s1 (m = 2^(bits-1)); a value uses R1 when R1 rounds it unclipped
@@ -34,7 +34,7 @@ MIN_SCALE = 1e-8
 #   log2         FQ-ViT log-int-softmax: x_hat = s * 2^-q, q = round(-log2(x/s)) in 0..2^bits-1
 #   logsqrt2     RepQ-ViT log-sqrt2: x_hat = s * 2^(-q/2), q = round(-2 log2(x/s)) in 0..2^bits-1
 # Both log quantizers send values below their smallest level (q >= 2^bits) to 0.
-QUANTIZER_KINDS = ("uniform", "twin_pos", "twin_signed", "log2", "logsqrt2")
+QUANTIZERS = ("uniform", "twin_pos", "twin_signed", "log2", "logsqrt2")
 
 
 def qrange(bits: int, signed: bool, narrow: bool = False) -> Tuple[int, int]:
@@ -58,14 +58,14 @@ class QSpec:
     axis: int = 0                    # channel axis when per_channel
     narrow: bool = False             # symmetric only: -(2^(b-1)-1)..2^(b-1)-1
     signed: Optional[bool] = None    # code signedness; default: symmetric -> signed, asymmetric -> unsigned
-    kind: str = "uniform"            # one of QUANTIZER_KINDS
+    quantizer: str = "uniform"       # one of QUANTIZERS
 
     def __post_init__(self):
         qrange(self.bits, True)      # validates bits
-        if self.kind not in QUANTIZER_KINDS:
-            raise ValueError(f"quantizer kind '{self.kind}' is not one of {', '.join(QUANTIZER_KINDS)}")
-        if self.kind != "uniform" and self.per_channel:
-            raise ValueError(f"a {self.kind} quantizer is per-tensor")
+        if self.quantizer not in QUANTIZERS:
+            raise ValueError(f"quantizer '{self.quantizer}' is not one of {', '.join(QUANTIZERS)}")
+        if self.quantizer != "uniform" and self.per_channel:
+            raise ValueError(f"a {self.quantizer} quantizer is per-tensor")
         if self.signed is None:
             object.__setattr__(self, "signed", bool(self.symmetric))
         if self.symmetric and not self.signed:
@@ -92,14 +92,14 @@ class QSpec:
 
     @property
     def uniform(self) -> bool:
-        return self.kind == "uniform"
+        return self.quantizer == "uniform"
 
     def to_dict(self) -> dict:
         d = {"bits": self.bits, "granularity": self.granularity, "scheme": self.scheme,
              "axis": self.axis if self.per_channel else None, "signed": bool(self.signed),
              "qmin": self.qmin, "qmax": self.qmax}
         if not self.uniform:
-            d["quantizer"] = self.kind
+            d["quantizer"] = self.quantizer
         return d
 
 
@@ -118,7 +118,7 @@ class QParams:
         self.zero_point = self.zero_point.detach().to(torch.int32)
         if self.scale2 is not None:
             self.scale2 = torch.as_tensor(self.scale2).detach().to(torch.float32)
-        if self.spec.kind.startswith("twin") and self.scale2 is None:
+        if self.spec.quantizer.startswith("twin") and self.scale2 is None:
             raise ValueError("a twin-uniform quantizer needs scale2 (the scale of its second range)")
 
     def to_dict(self) -> dict:
@@ -151,11 +151,11 @@ class QParams:
         spec = QSpec(bits=bits, symmetric=sym, per_channel=per_channel,
                      axis=int(d["axis"]) if per_channel else 0,
                      narrow=sym and "qmin" in d and int(d["qmin"]) == -(2 ** (bits - 1)) + 1,
-                     signed=bool(d.get("signed", sym)), kind=str(d.get("quantizer", "uniform")))
+                     signed=bool(d.get("signed", sym)), quantizer=str(d.get("quantizer", "uniform")))
         scale2 = None
-        if spec.kind.startswith("twin"):
+        if spec.quantizer.startswith("twin"):
             if "scale2" not in d:
-                raise ValueError(f"a {spec.kind} quantizer needs \"scale2\"")
+                raise ValueError(f"a {spec.quantizer} quantizer needs \"scale2\"")
             scale2 = torch.tensor(float(d["scale2"]), dtype=torch.float32)
             if not (scale2 > 0 and torch.isfinite(scale2)):
                 raise ValueError("scale2 must be positive and finite")
@@ -278,7 +278,7 @@ def candidate_fractions(n: int = 100, alpha: float = 0.01, beta: float = 1.2) ->
 
 def twin_uniform_quant(x: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor, bits: int, signed_low: bool
                        ) -> torch.Tensor:
-    """PTQ4ViT twin-uniform quantize-dequantize (see QUANTIZER_KINDS).  ``s1``/``s2`` are scalars or
+    """PTQ4ViT twin-uniform quantize-dequantize (see QUANTIZERS).  ``s1``/``s2`` are scalars or
     [K] candidates (result [K, *x.shape]).  ``signed_low``: R1 holds the negative values (post-GELU);
     else R1 is the fine range [0, m*s1) of small positive values (post-softmax)."""
     m = 2 ** (bits - 1)
@@ -310,8 +310,8 @@ def log_quant(x: torch.Tensor, scale: torch.Tensor, bits: int, step: float) -> t
 
 
 def quant_dequant(x: torch.Tensor, qp: "QParams", axis: Optional[int] = None) -> torch.Tensor:
-    """Quantize-dequantize ``x`` with any quantizer kind (uniform: exactly :func:`fake_quant`)."""
-    k = qp.spec.kind
+    """Quantize-dequantize ``x`` with any quantizer (uniform: exactly :func:`fake_quant`)."""
+    k = qp.spec.quantizer
     if k == "uniform":
         return fake_quant(x, qp.scale, qp.zero_point, qp.spec.qmin, qp.spec.qmax,
                           axis if qp.spec.per_channel else None)

@@ -9,6 +9,7 @@ import torch
 import torch.fx as fx
 
 from .decisions import atomic_write_text
+from .state import quant_state
 
 
 def _spec(qp) -> str:
@@ -108,7 +109,7 @@ def write_quantize_report(folder: str, job, config, prepared: fx.GraphModule, co
                           metrics: Optional[Dict], seconds: float, argv: List[str],
                           images: Optional[torch.Tensor] = None, check=None) -> str:
     from .plots import draw_bridges, plot_bridge_histograms, plot_choice_counts, plot_choices, plot_errors
-    dec = converted.meta["qhyvit_decisions"]
+    dec = quant_state(converted).decisions
     lines = [f"# qhyvit quantize report: {job.name}", "",
              f"Command: `{' '.join(shlex.quote(a) for a in ['qhyvit'] + list(argv[1:]))}`", "",
              f"- weights: `{os.path.basename(job.weights) if job.weights else 'pretrained'}`",
@@ -117,7 +118,7 @@ def write_quantize_report(folder: str, job, config, prepared: fx.GraphModule, co
                 if config.weight_range_bits else ""),
              f"- calibration: {dec.meta.get('calib_images')} images from `{job.calib}`, seed {config.seed}, "
              f"{seconds:.1f} s",
-             f"- quantized layers: {len(dec.layers)}; bridge blocks: {len(prepared.meta.get('qhyvit_bridges', []))}",
+             f"- quantized layers: {len(dec.layers)}; bridge blocks: {len(quant_state(prepared).bridges)}",
              ""]
     if metrics:
         ref = next(iter(metrics.values()))["top1"]

@@ -22,6 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from .models import default_img_size
+from .state import quant_state
 
 __all__ = ["SurveyRecord", "discover_families", "survey_model", "family_models"]
 
@@ -194,7 +195,7 @@ def survey_model(name: str, family: str = "", img: Optional[int] = None, calib_i
         rec.attention, rec.spatial_convs = facts["attention"], facts["spatial_convs"]
         stage = "prepare"
         qm = qhyvit_fx.prepare(model, x[:1], qhyvit_fx.QConfig(method="minmax", target="ort"))
-        tags = qm.meta["qhyvit_bridges"]
+        tags = quant_state(qm).bridges
         rec.bridges = len(tags)
         for t in tags:
             rec.bridges_by_direction[t.direction] = rec.bridges_by_direction.get(t.direction, 0) + 1

@@ -15,6 +15,7 @@ from qhyvit_fx.passes.cleanup import remove_noops
 from qhyvit_fx.passes.unshare_modules import unshare_modules
 from qhyvit_fx.patterns.bridges import GLOBAL_TO_LOCAL, LOCAL_TO_GLOBAL, find_bridges
 from qhyvit_fx.survey import survey_model
+from qhyvit_fx.state import quant_state
 
 
 def _minmax(model, x, path=None):
@@ -95,7 +96,7 @@ def test_shared_module_gets_one_copy_per_call(tmp_path):
     assert targets == ["stem", "pos", "bn", "pos_call1", "head"]
     assert torch.equal(gm(x), m(x))
     pm, cm = _minmax(m, x, str(tmp_path / "m.onnx"))
-    assert sorted(pm.meta["qhyvit_decisions"].layers) == ["head", "pos", "pos_call1", "stem"]
+    assert sorted(quant_state(pm).decisions.layers) == ["head", "pos", "pos_call1", "stem"]
     with torch.no_grad():
         assert (cm(x) - m(x)).abs().max() < 0.05 * m(x).abs().max()
     rep = check_onnx(str(tmp_path / "m.onnx"))

@@ -8,6 +8,7 @@ from qhyvit_fx.quantizer import QSpec, channel_minmax, params_from_range
 from qhyvit_fx.search import easyquant as EQ
 from qhyvit_fx.search import hybrid as H
 from qhyvit_fx.search.problem import ActStats, MatmulProblem, SearchOptions, WeightedLayerProblem
+from qhyvit_fx.state import quant_state
 
 
 def _linear_problem(seed=0, S=300, K=24, C=12):
@@ -75,7 +76,7 @@ def test_easyquant_end_to_end(tiny, tiny_images):
     pm = q.prepare(tiny, tiny_images[:1], cfg)
     q.calibrate(pm, tiny_images)
     qm = q.convert(pm)
-    dec = pm.meta["qhyvit_decisions"]
+    dec = quant_state(pm).decisions
     assert dec.meta["method"] == "easyquant"
     errs = [(d.error["before"], d.error["after"]) for d in dec.layers.values()]
     assert len(errs) == len(dec.layers) > 0
@@ -116,7 +117,7 @@ def test_twin_uniform_signed_has_two_ranges_with_power_of_two_ratio():
     st = ActStats(x.min(), x.max())
     cands = NU.twin_candidates("smooth_act", 8, st, torch.tensor([0.5, 1.0]))
     for qp in cands:
-        assert qp.spec.kind == "twin_signed"
+        assert qp.spec.quantizer == "twin_signed"
         ratio = float(qp.scale2 / qp.scale)
         assert ratio >= 1 and abs(ratio - 2 ** round(math.log2(ratio))) < 1e-6
         assert float(qp.scale) * 127 >= float(-x.min()) - 1e-6            # R1 covers the negatives
@@ -131,8 +132,8 @@ def test_twin_uniform_signed_has_two_ranges_with_power_of_two_ratio():
 
 def test_log_quantizers_output_powers_of_two_and_sqrt2():
     x = torch.softmax(torch.randn(32, 50, generator=torch.Generator().manual_seed(1)) * 3, -1)
-    for kind, step in (("log2", 1.0), ("logsqrt2", 0.5)):
-        qp = NU.log_params(kind, 4, ActStats(x.min(), x.max()))
+    for quantizer, step in (("log2", 1.0), ("logsqrt2", 0.5)):
+        qp = NU.log_params(quantizer, 4, ActStats(x.min(), x.max()))
         y = quant_dequant(x, qp)
         nz = y[y > 0]
         e = -torch.log2(nz / qp.scale) / step                  # exponents in units of the step
@@ -231,7 +232,7 @@ def test_full_mode_annotates_norms_softmax_activations_and_adds(tiny, tiny_image
     assert kf["norm"] == 3 and kf["softmax"] == 1 and kf["add"] == 3
     silu = sum(isinstance(m, torch.nn.SiLU) for m in tiny.modules())
     assert kf["activation"] == silu
-    dec = full.meta["qhyvit_decisions"]
+    dec = quant_state(full).decisions
     assert sum(len(d.inputs) for d in dec.layers.values() if d.kind == "add") == 6
     # one quantizer per input: the fake-quant target shares none (no output quantizers, readers of one
     # tensor may quantize it differently; passes/group_quantizers)
@@ -246,7 +247,7 @@ def test_qhyvit_full_mode_searches_layers_and_keeps_minmax_elsewhere(tiny, tiny_
     from qhyvit_fx.passes.annotate import FULL_KINDS
     mm, _ = _run(tiny, tiny_images, mode="full", method="minmax", w_bits=6, a_bits=6)
     qh, _ = _run(tiny, tiny_images, mode="full", method="qhyvit", w_bits=6, a_bits=6)
-    dm, dq = mm.meta["qhyvit_decisions"], qh.meta["qhyvit_decisions"]
+    dm, dq = quant_state(mm).decisions, quant_state(qh).decisions
     assert list(dq.layers) == list(dm.layers)
     for name, d in dq.layers.items():
         if d.kind in FULL_KINDS:
@@ -261,8 +262,8 @@ def test_qhyvit_full_mode_searches_layers_and_keeps_minmax_elsewhere(tiny, tiny_
 
 def test_ptq4vit_puts_twin_uniform_on_softmax_and_silu_inputs(tiny, tiny_images):
     pm, qm = _run(tiny, tiny_images, method="ptq4vit", w_bits=6, a_bits=6)
-    dec = pm.meta["qhyvit_decisions"]
-    twins = {(d.layer, i): qp.spec.kind for d in dec.layers.values() for i, qp in d.inputs.items()
+    dec = quant_state(pm).decisions
+    twins = {(d.layer, i): qp.spec.quantizer for d in dec.layers.values() for i, qp in d.inputs.items()
              if not qp.spec.uniform}
     from qhyvit_fx.passes.annotate import ANNOTATION, searched_layers
     want = {}
@@ -284,11 +285,11 @@ def test_ptq4vit_puts_twin_uniform_on_softmax_and_silu_inputs(tiny, tiny_images)
 def test_repq_vit_reparameterises_post_norm_layers_without_changing_the_float_function(tiny, tiny_images):
     from qhyvit_fx.decisions import Decisions
     pm, qm = _run(tiny, tiny_images, method="repq-vit", w_bits=6, a_bits=6)
-    dec = pm.meta["qhyvit_decisions"]
+    dec = quant_state(pm).decisions
     rep = {d.layer: d.reparam["norm"] for d in dec.layers.values() if d.reparam is not None}
     assert rep == {"vit.transformer.0.attn.qkv": "vit.transformer.0.norm1",
                    "vit.transformer.0.mlp.fc1": "vit.transformer.0.norm2"}
-    logs = [qp.spec.kind for d in dec.layers.values() for qp in d.inputs.values() if not qp.spec.uniform]
+    logs = [qp.spec.quantizer for d in dec.layers.values() for qp in d.inputs.values() if not qp.spec.uniform]
     assert logs == ["logsqrt2"]
     # the JSON keeps everything: converting the saved decisions gives the same graph output
     again = q.convert(pm, Decisions.from_dict(dec.to_dict()))
@@ -305,7 +306,7 @@ def test_repq_vit_reparameterises_post_norm_layers_without_changing_the_float_fu
 
 def test_fq_vit_full_mode_uses_ptf_on_norm_inputs_and_log2_after_softmax(tiny, tiny_images):
     pm, qm = _run(tiny, tiny_images, method="fq-vit", mode="full", a_bits=8)
-    dec = pm.meta["qhyvit_decisions"]
+    dec = quant_state(pm).decisions
     norms = [d for d in dec.layers.values() if d.kind == "norm"]
     assert len(norms) == 3
     for d in norms:
@@ -313,12 +314,12 @@ def test_fq_vit_full_mode_uses_ptf_on_norm_inputs_and_log2_after_softmax(tiny, t
         assert qp.spec.per_channel and qp.spec.axis == 2
         r = qp.scale / qp.scale.min()
         assert torch.allclose(r, torch.exp2(torch.round(torch.log2(r)))) and float(r.max()) <= 8
-    logs = [(d.kind, qp.spec.kind, float(qp.scale)) for d in dec.layers.values() for qp in d.inputs.values()
+    logs = [(d.kind, qp.spec.quantizer, float(qp.scale)) for d in dec.layers.values() for qp in d.inputs.values()
             if not qp.spec.uniform]
     assert logs == [("matmul", "log2", 1.0)]
     # partial mode: no norm inputs are quantized
     pp, _ = _run(tiny, tiny_images, method="fq-vit")
-    assert not any(d.kind == "norm" for d in pp.meta["qhyvit_decisions"].layers.values())
+    assert not any(d.kind == "norm" for d in quant_state(pp).decisions.layers.values())
     with torch.no_grad():
         ref, out = tiny(tiny_images), qm(tiny_images)
     assert torch.nn.functional.cosine_similarity(ref.flatten(), out.flatten(), dim=0) > 0.95
@@ -349,7 +350,7 @@ def test_repq_vit_reparameterises_a_functional_group_norm():
         m[1].bias.uniform_(-1, 1)
     x = torch.randn(16, 3, 8, 8)
     pm, qm = _run(m, x, method="repq-vit", w_bits=6, a_bits=6)
-    dec = pm.meta["qhyvit_decisions"]
+    dec = quant_state(pm).decisions
     assert dec.layers["2"].reparam is not None and dec.layers["2"].reparam["norm"] == "1"
     plain = Decisions.from_dict(dec.to_dict())
     for d in plain.layers.values():

@@ -10,6 +10,7 @@ from qhyvit_fx import cli
 from qhyvit_fx.check import check_onnx
 from qhyvit_fx.decisions import Decisions
 from qhyvit_fx.export import export_onnx, ort_callable
+from qhyvit_fx.state import quant_state
 
 
 def _export(tmp_path, model, images, **kw):
@@ -48,7 +49,7 @@ def test_ort_target_runs_every_op_in_integer_kernels(tmp_path, tiny, tiny_images
 def test_ort_target_decisions_fit_the_kernels(tiny, tiny_images):
     pm = q.prepare(tiny, tiny_images[:1], q.QConfig(method="qhyvit", target="ort", weight_range_bits=7))
     q.calibrate(pm, tiny_images)
-    dec = pm.meta["qhyvit_decisions"]
+    dec = quant_state(pm).decisions
     for d in dec.layers.values():
         if d.weight is not None:
             assert d.weight.spec.symmetric and d.weight.spec.bits == 7
@@ -105,7 +106,7 @@ def test_output_quantizer_feeding_an_input_quantizer_is_tied(tmp_path, tiny_imag
     cfg = dict(method="qhyvit", target="ort", weight_range_bits=7, progress=False)
     pm = q.prepare(m, tiny_images[:1], q.QConfig(**cfg))
     q.calibrate(pm, tiny_images)
-    dec = pm.meta["qhyvit_decisions"]
+    dec = quant_state(pm).decisions
     # b's output is c's input: one quantizer, searched on both objectives (b's output, c's output)
     # a's output quantizer sits after its relu (onnxruntime folds the relu into QLinearConv), and
     # that tensor feeds b directly, so it is b's input quantizer; c's output goes to relu and a mean
@@ -177,7 +178,7 @@ def test_integer_mode_search_keeps_one_quantizer_per_tensor(tmp_path, tiny, tiny
     pm = q.prepare(tiny, tiny_images[:1], q.QConfig(method="qhyvit", target="ort", weight_range_bits=7,
                                                     mode="integer"))
     q.calibrate(pm, tiny_images)
-    dec = pm.meta["qhyvit_decisions"]
+    dec = quant_state(pm).decisions
     # the stem's output feeds the dw block's first conv (searched) and the residual add: one group,
     # decided before calibration, searched once on the conv's objective
     group = next(name for name, ms in dec.groups.items() if "dw.0:in0" in ms)
@@ -212,7 +213,7 @@ def test_output_quantizers_read_by_float_ops_keep_8_bits(tmp_path, tiny_images):
             cfg["output_bits"] = out_bits
         pm = q.prepare(m, tiny_images[:1], q.QConfig(**cfg))
         q.calibrate(pm, tiny_images)
-        dec = pm.meta["qhyvit_decisions"]
+        dec = quant_state(pm).decisions
         assert all(qp.spec.bits == 6 for d in dec.layers.values() for qp in d.inputs.values())
         assert dec.layers["a"].output.spec.bits == 6          # after a's relu: b's input
         assert dec.layers["b"].output.spec.bits == 6          # tied to c's 6-bit input
@@ -234,7 +235,7 @@ def test_migrated_per_channel_inputs_run_in_integer_kernels(tmp_path, tiny, tiny
     from qhyvit_fx.quantizer import fake_quant
     pm = q.prepare(tiny, tiny_images[:1], q.QConfig(method="qhyvit", target="ort", w_bits=6, a_bits=6))
     q.calibrate(pm, tiny_images)
-    dec = pm.meta["qhyvit_decisions"]
+    dec = quant_state(pm).decisions
     migrated = {d.layer for d in dec.layers.values() if d.input_migration is not None}
     assert migrated == {"vit.transformer.0.attn.qkv", "vit.transformer.0.mlp.fc1"}
     qm = q.convert(pm)
@@ -262,7 +263,7 @@ def test_migrated_per_channel_inputs_run_in_integer_kernels(tmp_path, tiny, tiny
     pm = q.prepare(tiny, tiny_images[:1], q.QConfig.flat(method="qhyvit", target="ort", act_channel_migrate=False))
     q.calibrate(pm, tiny_images)
     assert all(d.input_migration is None and not any(qp.spec.per_channel for qp in d.inputs.values())
-               for d in pm.meta["qhyvit_decisions"].layers.values())
+               for d in quant_state(pm).decisions.layers.values())
 
 
 def _onnx_quantize_params(path):
@@ -289,7 +290,7 @@ def test_every_exported_quantizer_is_a_searched_decision(tmp_path, tiny, tiny_im
     is in the file."""
     w, a = bits
     qm, path = _export(tmp_path, tiny, tiny_images, method="qhyvit", target="ort", w_bits=w, a_bits=a, mode=mode)
-    dec = qm.meta["qhyvit_decisions"]
+    dec = quant_state(qm).decisions
     key = lambda qp: (tuple(round(float(v), 9) for v in qp.scale.reshape(-1)),
                       tuple(int(v) for v in qp.zero_point.reshape(-1)))
     decided = collections.Counter(key(qp) for _, qp in dec.quantizers())
@@ -306,7 +307,7 @@ def test_output_quantizers_keep_minmax_ranges_unless_searched(tiny, tiny_images)
     def outputs(**kw):
         pm = q.prepare(tiny, tiny_images[:1], q.QConfig.flat(target="ort", **kw))
         q.calibrate(pm, tiny_images)
-        dec = pm.meta["qhyvit_decisions"]
+        dec = quant_state(pm).decisions
         assert list(dec.groups.values()) == [["vit.conv_kxk.conv:out", "vit.conv_1x1:in0"]]
         grouped = {m.split(":")[0] for ms in dec.groups.values() for m in ms if m.endswith(":out")}
         return {d.layer: d.output for d in dec.layers.values() if d.output is not None and d.layer not in grouped}

@@ -10,12 +10,13 @@ from qhyvit_fx.modules import ActObserver, FakeQuantize, QuantConv2d, QuantLinea
 from qhyvit_fx.passes.annotate import ANNOTATION
 from qhyvit_fx.passes.cleanup import remove_noops
 from qhyvit_fx.passes.fold_bn import fold_batchnorm
+from qhyvit_fx.state import quant_state
 
 
 def test_bn_folding_is_exact_and_removes_every_bn(tiny):
     x = torch.randn(4, 3, 32, 32)
     gm = fold_batchnorm(remove_noops(capture(copy.deepcopy(tiny), x[:1])))   # passes edit modules in place
-    assert gm.meta["qhyvit_bn_folded"] == 6       # stem, dw (2), vit conv_kxk, conv_proj, conv_fusion
+    assert quant_state(gm).changed["fold_batchnorm"] == 6       # stem, dw (2), vit conv_kxk, conv_proj, conv_fusion
     kinds = {type(gm.get_submodule(n.target)) for n in gm.graph.nodes if n.op == "call_module"}
     assert nn.BatchNorm2d not in kinds
     assert not any(n.op == "call_function" and n.target is torch.nn.functional.batch_norm for n in gm.graph.nodes)
@@ -26,7 +27,7 @@ def test_bn_folding_is_exact_and_removes_every_bn(tiny):
 def test_bn_folding_mobilevit_xxs(xxs):
     x = torch.randn(2, 3, 256, 256)
     gm = fold_batchnorm(remove_noops(capture(copy.deepcopy(xxs), x[:1])))
-    assert gm.meta["qhyvit_bn_folded"] == 32
+    assert quant_state(gm).changed["fold_batchnorm"] == 32
     with torch.no_grad():
         assert (gm(x) - xxs(x)).abs().max().item() <= 1e-4
 
@@ -163,7 +164,7 @@ def test_group_quantizers_puts_the_points_on_one_tensor_in_one_group(target, wan
         assert not shared.spec.per_channel and shared.axis is None
         x = torch.randn(4, 3, 8, 8)
         q.calibrate(pm, x)
-        dec = pm.meta["qhyvit_decisions"]
+        dec = quant_state(pm).decisions
         assert dec.layers["b"].inputs[0].same_as(dec.layers["c"].inputs[0])
         assert dec.layers["a"].output.same_as(dec.layers["b"].inputs[0])
 
@@ -183,7 +184,7 @@ def test_specialize_shapes_folds_reshape_targets_and_keeps_the_batch_free(tiny):
     x = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     gm, sm = _specialized(tiny, x)
     # the MobileViT block's unfold (3) and fold (3) reshapes and the attention's qkv / output reshapes (2)
-    assert sm.meta["qhyvit_specialized_shapes"] == 8
+    assert quant_state(sm).changed["specialize_shapes"] == 8
     # what still reads a shape is timm's attention-mask helper (it returns no mask), no reshape
     assert len(_shape_reads(gm)) > len(_shape_reads(sm))
     assert all("mask" in str(u.target) for r in _shape_reads(sm) for g in r.users for u in g.users)
@@ -210,7 +211,7 @@ def test_specialize_shapes_leaves_what_it_cannot_prove():
 
     x = torch.randn(4, 3, 2, 2)
     gm, sm = _specialized(M(), x)
-    assert sm.meta["qhyvit_specialized_shapes"] == 2
+    assert quant_state(sm).changed["specialize_shapes"] == 2
     kept = [n for n in sm.graph.nodes if n.op == "call_method" and n.target == "expand"
             and any(isinstance(a, torch.fx.Node) for a in n.args[1:])]
     assert len(kept) == 2
@@ -234,7 +235,7 @@ def test_lower_group_norm_matches_group_norm():
     gm = capture(M(), x[:1])
     want = gm(x)
     lm = lower_group_norm(gm)
-    assert lm.meta["qhyvit_lowered_group_norms"] == 1                 # the two-group norm is not touched
+    assert quant_state(lm).changed["lower_group_norm"] == 1                 # the two-group norm is not touched
     targets = [n.target for n in lm.graph.nodes if n.op == "call_function"]
     assert targets.count(F.group_norm) == 1 and targets.count(F.layer_norm) == 1
     assert torch.allclose(lm(x), want, atol=1e-5)
@@ -246,7 +247,7 @@ def test_decompose_silu_splits_every_silu(tiny, tiny_images):
     n_silu = sum(n.op == "call_module" and isinstance(gm.get_submodule(n.target), nn.SiLU) for n in gm.graph.nodes)
     want = gm(tiny_images)
     dm = decompose_silu(gm)
-    assert n_silu == 2 and dm.meta["qhyvit_decomposed_silu"] == n_silu       # stem and dw block (the ViT block uses ReLU)
+    assert n_silu == 2 and quant_state(dm).changed["decompose_silu"] == n_silu       # stem and dw block (the ViT block uses ReLU)
     assert not any(isinstance(m, nn.SiLU) for m in dm.modules())
     assert sum(n.target is torch.sigmoid for n in dm.graph.nodes) == n_silu
     assert torch.allclose(dm(tiny_images), want, atol=1e-6)
@@ -275,7 +276,7 @@ def test_fold_scales_folds_layer_scale_into_the_layer():
     gm = capture(M().eval(), x[:1])
     want = gm(x)
     fm = fold_scales(gm)
-    assert fm.meta["qhyvit_scales_folded"] == 2
+    assert quant_state(fm).changed["fold_scales"] == 2
     muls = [n for n in fm.graph.nodes if n.op == "call_function" and "mul" in str(n.target)]
     assert len(muls) == 2
     assert torch.allclose(fm(x), want, atol=1e-6)

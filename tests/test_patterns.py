@@ -68,8 +68,8 @@ def test_tag_bridges_writes_node_meta():
     gm = tag_bridges(capture(create_model("mobilevit_xxs").model, torch.zeros(1, 3, 256, 256)))
     tagged = {n.target: n.meta["qhyvit_bridge"] for n in gm.graph.nodes if "qhyvit_bridge" in n.meta}
     assert set(tagged) == {f"stages.{i}.1.{m}" for i in (2, 3, 4) for m in ("conv_kxk.conv", "conv_1x1")}
-    assert tagged["stages.3.1.conv_1x1"]["role"] == "output" and tagged["stages.3.1.conv_1x1"]["id"] == 1
-    assert tagged["stages.3.1.conv_kxk.conv"]["role"] == "entry"
+    assert tagged["stages.3.1.conv_1x1"].role == "output" and tagged["stages.3.1.conv_1x1"].id == 1
+    assert tagged["stages.3.1.conv_kxk.conv"].role == "entry"
 
 
 def test_kind_graph_contracts_reshape_chains():

@@ -14,6 +14,7 @@ from qhyvit_fx.modules import FakeQuantize
 from qhyvit_fx.passes.convert import convert_graph
 from qhyvit_fx.search import hybrid as H
 from qhyvit_fx.search.problem import MatmulProblem
+from qhyvit_fx.state import quant_state
 
 # Tie tolerance for "fast == exhaustive".  The fast search ranks candidates by successive halving on
 # row subsets; when two candidates' objectives differ by less than the sampling noise of the subset
@@ -70,7 +71,7 @@ def test_fast_steps_match_exhaustive(problems):
 def test_search_never_increases_the_objective(tiny, tiny_images):
     pm = q.prepare(tiny, tiny_images[:1], q.QConfig(w_bits=4, a_bits=4, method="qhyvit"))
     q.calibrate(pm, tiny_images)
-    dec = pm.meta["qhyvit_decisions"]
+    dec = quant_state(pm).decisions
     assert len(dec.layers) == 14
     for d in dec.layers.values():
         assert d.error["after"] <= d.error["before"] * (1 + 1e-6), d.layer
@@ -80,7 +81,7 @@ def test_search_never_increases_the_objective(tiny, tiny_images):
 def test_bridge_layers_use_the_bridge_objective(tiny, tiny_images):
     pm = q.prepare(tiny, tiny_images[:1], q.QConfig(method="qhyvit"))
     q.calibrate(pm, tiny_images)
-    dec = pm.meta["qhyvit_decisions"]
+    dec = quant_state(pm).decisions
     assert dec.layers["vit.conv_kxk.conv"].bridge == 0
     assert dec.layers["vit.conv_kxk.conv"].info["bridge_objective"] == "output of vit.conv_1x1"
     assert "bridge_objective" not in dec.layers["vit.conv_1x1"].info
@@ -91,7 +92,7 @@ def test_decisions_are_deterministic(tiny, tiny_images):
     for _ in range(2):
         pm = q.prepare(tiny, tiny_images[:1], q.QConfig(w_bits=6, a_bits=6, method="qhyvit"))
         q.calibrate(pm, tiny_images)
-        d = pm.meta["qhyvit_decisions"]
+        d = quant_state(pm).decisions
         d.meta.pop("seconds_collect", None), d.meta.pop("seconds_total", None)
         out.append(d.to_json())
     assert out[0] == out[1]
@@ -101,7 +102,7 @@ def test_ablation_switches_restrict_the_choices(tiny, tiny_images):
     cfg = q.QConfig.flat(w_bits=6, a_bits=6, method="qhyvit", search_granularity=False, search_scheme=False)
     pm = q.prepare(tiny, tiny_images[:1], cfg)
     q.calibrate(pm, tiny_images)
-    for d in pm.meta["qhyvit_decisions"].layers.values():
+    for d in quant_state(pm).decisions.layers.values():
         if d.weight is not None:
             assert d.weight.spec.per_channel and d.weight.spec.symmetric
         for qp in d.inputs.values():
@@ -111,7 +112,7 @@ def test_ablation_switches_restrict_the_choices(tiny, tiny_images):
     pm = q.prepare(tiny, tiny_images[:1], cfg)
     q.calibrate(pm, tiny_images)
     mm = MinMax(cfg).decide(pm, None)
-    for name, d in pm.meta["qhyvit_decisions"].layers.items():   # scale search off + defaults == MinMax
+    for name, d in quant_state(pm).decisions.layers.items():   # scale search off + defaults == MinMax
         assert d.to_dict()["weight"] == mm.layers[name].to_dict()["weight"]
         assert d.to_dict()["inputs"] == mm.layers[name].to_dict()["inputs"]
 
@@ -119,7 +120,7 @@ def test_ablation_switches_restrict_the_choices(tiny, tiny_images):
 def test_edited_decisions_are_applied_exactly(tmp_path, tiny, tiny_images):
     pm = q.prepare(tiny, tiny_images[:1], q.QConfig(method="qhyvit"))
     q.calibrate(pm, tiny_images)
-    d = pm.meta["qhyvit_decisions"].to_dict()
+    d = quant_state(pm).decisions.to_dict()
     layer = next(l for l in d["layers"] if l["layer"] == "head")
     layer["inputs"]["0"]["scale"] = [0.125]
     layer["inputs"]["0"]["zero_point"] = [7]
@@ -214,7 +215,7 @@ def test_search_handles_token_major_inputs_with_cross_validation():
     cfg = q.QConfig.flat(w_bits=4, a_bits=4, method="qhyvit", act_cv=True, cv_folds=4, calib_batch=4, progress=False)
     pm = q.prepare(m, x[:1], cfg)
     q.calibrate(pm, x)
-    dec = pm.meta["qhyvit_decisions"]
+    dec = quant_state(pm).decisions
     assert sorted(dec.layers) == ["conv", "head", "proj"]
     assert all(d.error["after"] <= d.error["before"] + 1e-9 for d in dec.layers.values())
 
@@ -289,11 +290,11 @@ def test_flip_augmentation_keeps_each_image_and_its_mirror_in_one_fold(tiny, tin
     # and the whole method: decisions differ from the un-augmented search, the recorded count stays 8
     pm = q.prepare(tiny, imgs[:1], cfg)
     q.calibrate(pm, imgs)
-    dec = pm.meta["qhyvit_decisions"]
+    dec = quant_state(pm).decisions
     plain = q.prepare(tiny, imgs[:1], replace(cfg, method_params=replace(cfg.method_params, calib_augment="none")))
     q.calibrate(plain, imgs)
     assert dec.meta["calib_images"] == 8 and dec.meta["config"]["method_params"]["calib_augment"] == "flip"
-    assert dec.to_dict() != plain.meta["qhyvit_decisions"].to_dict()
+    assert dec.to_dict() != quant_state(plain).decisions.to_dict()
     from qhyvit_fx.config import ConfigError
     with pytest.raises(ConfigError, match="calib_augment"):
         q.QConfig.flat(method="qhyvit", calib_augment="rotate")
@@ -384,10 +385,10 @@ def test_gptq_rounding_ships_its_codes(tmp_path, tiny, tiny_images):
     cfg = q.QConfig.flat(method="qhyvit", target="ort", w_bits=4, a_bits=8, weight_rounding="gptq")
     pm = q.prepare(tiny, tiny_images[:1], cfg)
     q.calibrate(pm, tiny_images)
-    dec = pm.meta["qhyvit_decisions"]
+    dec = quant_state(pm).decisions
     near = q.prepare(tiny, tiny_images[:1], q.QConfig.flat(method="qhyvit", target="ort", w_bits=4, a_bits=8))
     q.calibrate(near, tiny_images)
-    ref = near.meta["qhyvit_decisions"]
+    ref = quant_state(near).decisions
     rounded = [n for n, d in dec.layers.items() if d.weight_codes is not None]
     assert len(rounded) >= 3
     for n in rounded:

@@ -11,6 +11,7 @@ from qhyvit_fx import cli
 from qhyvit_fx.check_tensorrt import check_tensorrt
 from qhyvit_fx.config import ConfigError
 from qhyvit_fx.models import MOBILEFORMER_MODELS, create_model
+from qhyvit_fx.state import quant_state
 
 
 def _export(path, model, images, **kw):
@@ -39,7 +40,7 @@ def test_tensorrt_export_follows_its_rules(tmp_path, tiny, tiny_images, method):
     model = onnx.load(str(tmp_path / "m.onnx"))
     qs = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
     # inputs only: one QuantizeLinear per quantized tensor, none on outputs (TensorRT fuses those itself)
-    dec = qm.meta["qhyvit_decisions"]
+    dec = quant_state(qm).decisions
     assert all(d.output is None for d in dec.layers.values())
     assert len(qs) == len(dec.quantizers())
     # onnxruntime evaluates the file with its Q/DQ in float: the fake-quant graph's numbers
@@ -114,7 +115,7 @@ def test_openvino_target_runs_every_op_in_int8(tmp_path, tiny, tiny_images):
     pytest.importorskip("openvino")
     from qhyvit_fx.check_openvino import check_openvino, openvino_callable
     qm = _export(tmp_path / "m.onnx", tiny, tiny_images, method="qhyvit", target="openvino")
-    dec = qm.meta["qhyvit_decisions"]
+    dec = quant_state(qm).decisions
     # asymmetric uint8 activations except the second operand of a matmul of two activations (int8)
     for d in dec.layers.values():
         for slot, qp in d.inputs.items():

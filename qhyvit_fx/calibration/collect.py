@@ -14,6 +14,8 @@ from .interpreters import LayerRecord, RowCollector, output_activation, searches
 from .rows import plan_for, rows_of
 from .stats import FoldedRanges
 from .tails import bridge_tails, tail_callable
+from ..patterns.kinds import Kind
+from ..state import quant_state
 
 if TYPE_CHECKING:
     from ..methods.params import SearchParams
@@ -36,7 +38,7 @@ def collect(prepared: fx.GraphModule, quantized: fx.GraphModule, images: torch.T
     nodes = searched_layers(prepared)
     n_img = images.shape[0]
     n_src = n_img // copies
-    example_batch = int(prepared.meta.get("qhyvit_example_shape", (1,))[0])
+    example_batch = int((quant_state(prepared).example_shape or (1,))[0])
     folds = params.cv_folds if params.act_cv and n_src >= 2 * params.cv_folds else 0
     # fold of every image: contiguous blocks of source images, so every fold holds n_src / folds of
     # them and all copies of an image (the validation images must be unseen, not mirrored)
@@ -77,14 +79,14 @@ def collect(prepared: fx.GraphModule, quantized: fx.GraphModule, images: torch.T
             grads = grad2_chunk(prepared, quantized, x, fp_logits, wanted, params)
         for name, rec in records.items():
             if name in grads:
-                rec.grad.append(rows_of(grads[name], rec.plan.kind, rec.plan.for_chunk(i0, i1)).clone())
+                rec.grad.append(rows_of(grads[name], rec.plan.layout, rec.plan.for_chunk(i0, i1)).clone())
             else:
                 # no gradient path from the image (EdgeNeXt's position encoding: a conv on a tensor built
                 # from the input's shape only): weigh its output error uniformly (plain MSE)
                 rec.grad.append(torch.ones_like(rec.out[-1]))
             if rec.act is not None:
                 g = grads.get(rec.act)
-                rec.act_grad.append(rows_of(g, rec.plan.kind, rec.plan.for_chunk(i0, i1)).clone() if g is not None
+                rec.act_grad.append(rows_of(g, rec.plan.layout, rec.plan.for_chunk(i0, i1)).clone() if g is not None
                                     else torch.ones_like(rec.out[-1]))
     for rec in records.values():
         rec.fold_of = fold_of
@@ -116,13 +118,13 @@ def build_problems(prepared: fx.GraphModule, records: Dict[str, LayerRecord], ta
         o_stats = rec.out_ranges.stats() if rec.out_ranges is not None else None
         specs = [ann.inputs[i] for i in sorted(ann.inputs)]
         kinds = [ann.producers.get(i, (None,))[0] for i in sorted(ann.inputs)]
-        if ann.kind == "matmul":
+        if ann.kind == Kind.MATMUL:
             probs[name] = MatmulProblem(ann.layer, ins[0], ins[1], out, grad, stats, specs, input_kinds=kinds)
             continue
-        mod = prepared.get_submodule(ann.layer if ann.kind != "matmul" else name)
+        mod = prepared.get_submodule(ann.layer if ann.kind != Kind.MATMUL else name)
         w = mod.weight.detach().reshape(mod.weight.shape[0], -1).float()
         groups = getattr(mod, "groups", 1)
-        if ann.kind == "conv":
+        if ann.kind == Kind.CONV:
             kk = int(math.prod(mod.kernel_size))
             col_channel = torch.arange(ins[0].shape[1]) // kk
         else:

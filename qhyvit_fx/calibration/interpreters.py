@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from ..modules import ActObserver, InputRecorder
 from ..passes.annotate import QuantAnnotation
+from ..patterns.kinds import Kind
 from .rows import RowPlan, rows_of
 from .stats import FoldedRanges
 
@@ -111,7 +112,7 @@ class RowCollector(fx.Interpreter):
             self._record(n, rec, out)
         plan = self.extra.get(n.name)
         if plan is not None:
-            self.extra_rows[n.name] = rows_of(out, plan.kind, plan.for_chunk(self.i0, self.i1))
+            self.extra_rows[n.name] = rows_of(out, plan.layout, plan.for_chunk(self.i0, self.i1))
         return out
 
     def _record(self, n: fx.Node, rec: LayerRecord, out: torch.Tensor):
@@ -120,12 +121,12 @@ class RowCollector(fx.Interpreter):
         gm = self.module
         for j, ai in enumerate(sorted(ann.inputs)):
             x = self.env[n.args[ai]] if isinstance(n.args[ai], fx.Node) else n.args[ai]
-            if ann.kind == "conv":
+            if ann.kind == Kind.CONV:
                 conv = gm.get_submodule(n.target)
                 cols = F.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride)   # [n, K, P]
                 rows = cols.permute(0, 2, 1).reshape(-1, cols.shape[1])[idx]
                 axis = 1
-            elif ann.kind == "linear":
+            elif ann.kind == Kind.LINEAR:
                 rows = x.reshape(-1, x.shape[-1])[idx]
                 axis = x.dim() - 1
             else:
@@ -133,7 +134,7 @@ class RowCollector(fx.Interpreter):
                 axis = None
             rec.inputs[j].append(rows.clone())
             rec.ranges[j].add(x, axis, self._folds(x))
-        rec.out.append(rows_of(out, rec.plan.kind, idx).clone())
+        rec.out.append(rows_of(out, rec.plan.layout, idx).clone())
         if searches_output(ann):
             if rec.out_ranges is None:
                 rec.out_ranges = FoldedRanges.with_folds(len(rec.ranges[0].folds))

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, List, Tuple
 import torch
 import torch.fx as fx
 
+from ..patterns.kinds import Kind
 from ..patterns.kinds import shape as node_shape
 
 if TYPE_CHECKING:
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 class RowPlan:
     """Which rows of a layer's output are sampled (global over all images)."""
 
-    kind: str                      # 'nchw' | 'tokens' | 'matrices'
+    layout: str                    # 'nchw' | 'tokens' | 'matrices'
     per_image: int                 # rows (or matrices) per image
     index: torch.Tensor            # sorted global indices
 
@@ -41,36 +42,36 @@ class RowPlan:
         return out
 
 
-def _plan(kind: str, per_image: int, images: int, limit: int, seed: int, name: str) -> RowPlan:
+def _plan(layout: str, per_image: int, images: int, limit: int, seed: int, name: str) -> RowPlan:
     total = per_image * images
     if total <= limit:
         idx = torch.arange(total)
     else:
         g = torch.Generator().manual_seed((seed * 1000003 + zlib.crc32(name.encode())) & 0x7FFFFFFF)
         idx = torch.randperm(total, generator=g)[:limit]
-    return RowPlan(kind, per_image, idx)
+    return RowPlan(layout, per_image, idx)
 
 
-def rows_of(t: torch.Tensor, kind: str, idx: torch.Tensor) -> torch.Tensor:
+def rows_of(t: torch.Tensor, layout: str, idx: torch.Tensor) -> torch.Tensor:
     """Select rows ``idx`` (local to this chunk) of an output-shaped tensor."""
-    if kind == "nchw":
+    if layout == "nchw":
         n, c = t.shape[:2]
         return t.reshape(n, c, -1).permute(0, 2, 1).reshape(-1, c)[idx]
-    if kind == "tokens":
+    if layout == "tokens":
         return t.reshape(-1, t.shape[-1])[idx]
     return t.reshape((-1,) + tuple(t.shape[-2:]))[idx]
 
 
-def plan_for(n: fx.Node, kind: str, images: int, params: SearchParams, seed: int, name: str,
+def plan_for(n: fx.Node, kind: Kind, images: int, params: SearchParams, seed: int, name: str,
               example_batch: int) -> RowPlan:
     # shapes were recorded on the example input: everything but the channel axis, divided by
     # the example's batch, is "per image" (dim 0 can hold several entries per image, e.g.
     # MobileViT's batch * patch area)
     shape = node_shape(n)
-    if kind == "conv":
+    if kind == Kind.CONV:
         per = int(shape[0] * math.prod(shape[2:])) // example_batch
         return _plan("nchw", per, images, params.max_positions, seed, name)
-    if kind == "linear":
+    if kind == Kind.LINEAR:
         per = int(math.prod(shape[:-1])) // example_batch
         return _plan("tokens", per, images, params.max_positions, seed, name)
     per = int(math.prod(shape[:-2])) // example_batch

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from ..patterns.kinds import Kind, classify, shape as node_shape
 from .interpreters import is_identity_node
 from .rows import RowPlan
+from ..state import quant_state
 
 _POINTWISE_FUNCS = {torch.add, torch.mul, torch.sub, F.relu, F.gelu, F.silu, F.hardswish, F.sigmoid, torch.sigmoid,
                     F.batch_norm}
@@ -118,7 +119,7 @@ def bridge_tails(prepared: fx.GraphModule, records) -> Tuple[Dict[str, Tuple[Opt
     by = {n.name: n for n in prepared.graph.nodes}
     tails: Dict[str, Tuple[Optional[Tail], str, str]] = {}
     extra: Dict[str, RowPlan] = {}
-    for t in prepared.meta.get("qhyvit_bridges", []):
+    for t in quant_state(prepared).bridges:
         out_rec = records.get(t.output)
         if out_rec is None:
             continue
@@ -126,7 +127,7 @@ def bridge_tails(prepared: fx.GraphModule, records) -> Tuple[Dict[str, Tuple[Opt
             if l == t.output or l not in records:
                 continue
             rec = records[l]
-            if rec.ann.kind != "conv" or out_rec.ann.kind != "conv" or \
+            if rec.ann.kind != Kind.CONV or out_rec.ann.kind != Kind.CONV or \
                     node_shape(by[l])[2:] != node_shape(by[t.output])[2:]:
                 tails[l] = (None, "bridge layer and output differ in layout", t.output)
                 continue

@@ -8,6 +8,7 @@ import torch.fx as fx
 
 from ..decisions import Decisions
 from ..passes.annotate import quantized_layers
+from ..patterns.kinds import Kind
 from ..quantizer import QParams, ptf_params
 from ..search.nonuniform import input_role, log_params
 from ..search.problem import ActStats
@@ -35,7 +36,7 @@ class FQViT(MinMax):
         dec = super().decide(prepared, images)
         dec.meta["method"] = self.name
         for node, ann, d, i, producer, _, obs in observed_inputs(prepared, dec, quantized_layers(prepared)):
-            if ann.kind == "norm" and ann.input_axes.get(i) is not None and obs.ch_min.numel():
+            if ann.kind == Kind.NORM and ann.input_axes.get(i) is not None and obs.ch_min.numel():
                 qp = ptf_params(obs.min_val, obs.max_val, obs.ch_min, obs.ch_max, ann.inputs[i].bits, PTF_FACTORS)
                 d.inputs[i] = QParams(qp.spec.with_(axis=ann.input_axes[i]), qp.scale, qp.zero_point, qp.zp_overflow)
                 d.info[f"input_{i}"] = "power-of-two factor"

@@ -297,12 +297,12 @@ class MobileFormer(nn.Module):
         self.stem = nn.Sequential(nn.Conv2d(in_chans, stem, 3, 2, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU6())
         layers: List[nn.Module] = []
         inp = stem
-        for i, (kind, e1, c, s, e2) in enumerate(blocks):
+        for i, (block_type, e1, c, s, e2) in enumerate(blocks):
             oup = _divisible(c, 4)
             dp = drop_path_rate * (i + 1) / len(blocks)
             if e1 == 1 or e2 == 0:
                 layers.append(PlainBlock(inp, oup, s, e1, groups))
-            elif kind == "D":
+            elif block_type == "D":
                 layers.append(DownBlock(inp, oup, s, e1, e2, groups, token_dim, dp))
             else:
                 layers.append(Block(inp, oup, s, e1, groups, token_dim, dp))

@@ -20,6 +20,7 @@ from ..config import QConfig
 from ..patterns.kinds import (LAYER_KINDS, Kind, activation_nodes, classify, is_tensor_node, layer_name, metadata_read,
                               node_module, rank)
 from ..quantizer import QSpec
+from ..state import bridge_role, quant_state
 
 ANNOTATION = "qhyvit_quant"
 FULL_KINDS = ("norm", "softmax", "activation", "add", "mul")  # full/integer mode: inputs quantized, MinMax ranges
@@ -196,7 +197,7 @@ def annotate(gm: fx.GraphModule, config: QConfig) -> fx.GraphModule:
         _annotate_elementwise(gm, config, used)
     if config.mode_rules.integer_tensors:
         _integer_outputs(gm, config)
-    gm.meta["qhyvit_config"] = config
+    quant_state(gm).config = config
     return gm
 
 
@@ -257,11 +258,11 @@ def _weighted_annotation(gm: fx.GraphModule, node: fx.Node, k: Kind, config: QCo
             spec = spec.with_(per_channel=False, axis=0)
         inputs[j] = backend.matmul_input_spec(j, spec) if k == Kind.MATMUL else spec
     out_spec, after = _output_quantizer(gm, node, k, config, a_bits)
-    b = node.meta.get("qhyvit_bridge")
+    b = bridge_role(node)
     return QuantAnnotation(
         layer=name, kind=k.value, weight=wspec, inputs=inputs, input_axes=axes, output=out_spec,
-        output_axis=None, output_after=after, bridge=b["id"] if b else None,
-        bridge_role=b["role"] if b else None,
+        output_axis=None, output_after=after, bridge=b.id if b else None,
+        bridge_role=b.role if b else None,
         producers={j: _producer(gm, node.args[j]) for j in idxs},
         input_migrate=migrate)
 
@@ -307,10 +308,10 @@ def _annotate_elementwise(gm: fx.GraphModule, config: QConfig, used: set) -> Non
         name = node.name if name in used else name      # a module called twice: one entry per call
         used.add(name)
         inputs = {j: config.act_spec(config.a_bits).with_(per_channel=False, axis=0) for j in idxs}
-        b = node.meta.get("qhyvit_bridge")
+        b = bridge_role(node)
         node.meta[ANNOTATION] = QuantAnnotation(
             layer=name, kind=kind, weight=None, inputs=inputs, input_axes=axes,
-            bridge=b["id"] if b else None, bridge_role=b["role"] if b else None,
+            bridge=b.id if b else None, bridge_role=b.role if b else None,
             producers={j: _producer(gm, node.args[j]) for j in idxs})
 
 
@@ -336,7 +337,7 @@ def _integer_outputs(gm: fx.GraphModule, config: QConfig) -> None:
     then reads dequantized values and fuses too (QLinearConcat)."""
     for node in gm.graph.nodes:
         ann = node.meta.get(ANNOTATION)
-        if ann is None or ann.kind not in FULL_KINDS or ann.kind == "norm" or ann.output is not None:
+        if ann is None or ann.kind not in FULL_KINDS or ann.kind == Kind.NORM or ann.output is not None:
             continue
         if _float_reader(gm, node):
             ann.output = config.act_spec(config.a_bits).with_(per_channel=False, axis=0)

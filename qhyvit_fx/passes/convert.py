@@ -16,6 +16,7 @@ from ..modules import MigratedQuantize, QuantConv2d, QuantLinear, make_quantizer
 from ..patterns.kinds import shape as node_shape
 from ..quantizer import QParams
 from .annotate import ANNOTATION, migratable
+from ..state import quant_state
 
 RECORDER = "qhyvit_calib_recorder"
 
@@ -126,8 +127,8 @@ def convert_graph(prepared: fx.GraphModule, decisions: Decisions) -> fx.GraphMod
     g.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
-    gm.meta["qhyvit_decisions"] = decisions
-    gm.meta["qhyvit_converted"] = True
+    st = quant_state(gm)
+    st.decisions, st.converted = decisions, True
     return gm
 
 

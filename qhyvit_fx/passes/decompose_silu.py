@@ -14,6 +14,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
+from ..state import BRIDGE, count_change
 
 
 def _is_silu(gm: fx.GraphModule, n: fx.Node) -> bool:
@@ -34,7 +35,7 @@ def decompose_silu(gm: fx.GraphModule) -> fx.GraphModule:
         with g.inserting_before(n):
             s = g.call_function(torch.sigmoid, (x,))
             y = g.call_function(operator.mul, (x, s))
-        for k in ("tensor_meta", "qhyvit_bridge"):
+        for k in ("tensor_meta", BRIDGE):
             if k in n.meta:
                 y.meta[k] = n.meta[k]
         if "tensor_meta" in n.meta:
@@ -45,5 +46,5 @@ def decompose_silu(gm: fx.GraphModule) -> fx.GraphModule:
     g.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
-    gm.meta["qhyvit_decomposed_silu"] = done
+    count_change(gm, "decompose_silu", done)
     return gm

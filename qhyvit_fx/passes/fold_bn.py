@@ -12,6 +12,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
+from ..state import count_change
 
 
 def _attr(gm: fx.GraphModule, n):
@@ -89,5 +90,5 @@ def fold_batchnorm(gm: fx.GraphModule) -> fx.GraphModule:
     gm.delete_all_unused_submodules()
     gm.graph.lint()
     gm.recompile()
-    gm.meta["qhyvit_bn_folded"] = gm.meta.get("qhyvit_bn_folded", 0) + folded
+    count_change(gm, "fold_batchnorm", folded, add=True)
     return gm

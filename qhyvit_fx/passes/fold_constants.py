@@ -8,7 +8,7 @@ these are float convs / matmuls on constants: onnxruntime runs them in float at 
 quantized.  This pass evaluates every tensor-valued node that depends on no graph input and
 replaces the frontier (the constants read by input-dependent nodes) with buffers of the root
 module named after the first parameter each reads (``a_b_weight_folded`` for ``a.b.weight``;
-``gm.meta["qhyvit_folded"]`` maps them back).  Outputs are unchanged (the same ops ran on the same values).
+``quant_state(gm).folded`` maps them back).  Outputs are unchanged (the same ops ran on the same values).
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import torch
 import torch.fx as fx
 
 from ..patterns.kinds import activation_nodes
+from ..state import quant_state
 
 
 def _free_name(gm: fx.GraphModule, base: str) -> str:
@@ -64,7 +65,7 @@ def fold_constants(gm: fx.GraphModule) -> fx.GraphModule:
         # on the root: a module that owns the source may be replaced later (convert swaps layers)
         name = _free_name(gm, src.replace(".", "_") + "_folded")
         gm.register_buffer(name, v.detach().clone())
-        gm.meta.setdefault("qhyvit_folded", {})[name] = src
+        quant_state(gm).folded[name] = src
         with gm.graph.inserting_before(node):
             const = gm.graph.get_attr(name)
         const.meta = dict(node.meta)

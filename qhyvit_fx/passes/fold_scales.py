@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 import torch.fx as fx
 import torch.nn as nn
+from ..state import count_change
 
 _LAYOUT_METHODS = {"view", "reshape", "unsqueeze", "squeeze", "flatten"}
 
@@ -98,5 +99,5 @@ def fold_scales(gm: fx.GraphModule) -> fx.GraphModule:
     gm.delete_all_unused_submodules()
     g.lint()
     gm.recompile()
-    gm.meta["qhyvit_scales_folded"] = folded
+    count_change(gm, "fold_scales", folded)
     return gm

@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..patterns.kinds import metadata_read
+from ..state import quant_state
 
 _CONV2D = (torch.conv2d, F.conv2d)
 _LINEAR = (F.linear, torch._C._nn.linear)
@@ -33,7 +34,7 @@ def _pair(v):
 def _module_name(gm: fx.GraphModule, node: fx.Node, weight_target: str) -> str:
     """Where the new module goes: the module owning the weight (``a.b`` for ``a.b.weight``, or for
     the folded constant computed from it), unless a module call already uses that name."""
-    weight_target = gm.meta.get("qhyvit_folded", {}).get(weight_target, weight_target)
+    weight_target = quant_state(gm).folded.get(weight_target, weight_target)
     owner = weight_target.rpartition(".")[0]
     called = {n.target for n in gm.graph.nodes if n.op == "call_module"}
     if not owner:

@@ -17,7 +17,7 @@ Each group gets one observer (:mod:`.insert_observers`), one decision (the metho
 objective of every layer it feeds) and one quantizer in the converted graph and in the ONNX.  Members
 of a group with more than one point are per-tensor with one spec (the narrowest bits among them),
 and cannot migrate per-channel inputs into weights.  The groups are a typed record in
-``gm.meta["qhyvit_quant_groups"]``; each annotation's ``groups`` maps its slots to group names.
+``quant_state(gm).quant_groups``; each annotation's ``groups`` maps its slots to group names.
 GraphModule in, GraphModule out; the graph itself is not changed.
 """
 from __future__ import annotations
@@ -31,8 +31,8 @@ from networkx.utils import UnionFind
 from ..patterns.kinds import metadata_read
 from ..quantizer import QSpec
 from .annotate import ANNOTATION, quantized_layers
+from ..state import quant_state
 
-GROUPS = "qhyvit_quant_groups"
 
 
 @dataclass
@@ -66,7 +66,7 @@ def _points(gm: fx.GraphModule):
 
 
 def group_quantizers(gm: fx.GraphModule) -> fx.GraphModule:
-    config = gm.meta["qhyvit_config"]
+    config = quant_state(gm).config
     per_tensor = config.backend.one_quantizer_per_tensor or config.mode_rules.integer_tensors
     points = list(_points(gm))
     anns = {layer: node.meta[ANNOTATION] for layer, _, _, node in points}
@@ -97,7 +97,7 @@ def group_quantizers(gm: fx.GraphModule) -> fx.GraphModule:
     for g in groups:
         for layer, slot in g.members:
             anns[layer].groups[slot] = g.name
-    gm.meta[GROUPS] = groups
+    quant_state(gm).quant_groups = groups
     return gm
 
 
@@ -141,4 +141,4 @@ def _make_group(members, anns, tensor_of) -> QuantGroup:
 
 
 def quant_groups(gm: fx.GraphModule) -> List[QuantGroup]:
-    return gm.meta.get(GROUPS, [])
+    return quant_state(gm).quant_groups or []

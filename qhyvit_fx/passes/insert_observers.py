@@ -12,6 +12,7 @@ from ..patterns.kinds import metadata_read
 from .annotate import ANNOTATION
 from .convert import RECORDER
 from .group_quantizers import group_quantizers, observer_name, quant_groups
+from ..state import OBSERVER, ObserverSite, quant_state
 
 _module_name = observer_name      # the name older code imports
 
@@ -27,9 +28,9 @@ def insert_observers(gm: fx.GraphModule, record_images: int = 0) -> fx.GraphModu
             rec = g.call_module(RECORDER, (ph,))
         rec.meta["tensor_meta"] = ph.meta.get("tensor_meta")
         ph.replace_all_uses_with(rec, delete_user_cb=lambda u: u is not rec)
-    if "qhyvit_quant_groups" not in gm.meta:
+    if quant_state(gm).quant_groups is None:
         group_quantizers(gm)
-    config = gm.meta.get("qhyvit_config")
+    config = quant_state(gm).config
     every_use = config is not None and config.mode_rules.integer_tensors
     by_name = {n.name: n for n in g.nodes}
     nodes = {}
@@ -57,7 +58,7 @@ def insert_observers(gm: fx.GraphModule, record_images: int = 0) -> fx.GraphModu
                     if u is not obs and u.op != "output" and metadata_read(u) is None:
                         u.replace_input_with(tensor, obs)
         obs.meta["tensor_meta"] = tensor.meta.get("tensor_meta")
-        obs.meta["qhyvit_observer"] = {"layer": grp.members[0][0], "slot": grp.members[0][1], "group": grp.name}
+        obs.meta[OBSERVER] = ObserverSite(grp.members[0][0], grp.members[0][1], grp.name)
         for layer, slot in grp.members:
             nodes[layer].meta[ANNOTATION].observers[slot] = grp.name
     g.lint()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
+from ..state import count_change
 
 
 def _groups(node: fx.Node):
@@ -49,5 +50,5 @@ def lower_group_norm(gm: fx.GraphModule) -> fx.GraphModule:
         done += 1
     g.lint()
     gm.recompile()
-    gm.meta["qhyvit_lowered_group_norms"] = done
+    count_change(gm, "lower_group_norm", done)
     return gm

@@ -19,6 +19,7 @@ from typing import Dict, Tuple
 
 import torch
 import torch.fx as fx
+from ..state import count_change
 
 _RESHAPES_METHOD = ("reshape", "view")
 _RESHAPES_FUNCTION = (torch.reshape,)
@@ -65,7 +66,7 @@ def specialize_shapes(gm: fx.GraphModule, example_input: torch.Tensor, batches: 
     watch = [n for n in g.nodes if (_is_reshape(n) or _is_expand(n))
              and any(isinstance(a, fx.Node) for a in _target_args(n))]
     if not watch:
-        gm.meta["qhyvit_specialized_shapes"] = 0
+        count_change(gm, "specialize_shapes", 0)
         return gm
     shapes = []
     with torch.no_grad():
@@ -94,5 +95,5 @@ def specialize_shapes(gm: fx.GraphModule, example_input: torch.Tensor, batches: 
     g.eliminate_dead_code()
     g.lint()
     gm.recompile()
-    gm.meta["qhyvit_specialized_shapes"] = done
+    count_change(gm, "specialize_shapes", done)
     return gm

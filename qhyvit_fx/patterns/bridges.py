@@ -9,8 +9,8 @@ plus an optional structural filter.  Patterns are registered by name, like
 timm's model registry, so new families add patterns without touching the
 matcher.
 
-Matched blocks are written to ``node.meta["qhyvit_bridge"]`` of their member
-layers and collected in ``gm.meta["qhyvit_bridges"]``.
+Matched blocks are written to ``node.meta["qhyvit_bridge"]`` (a ``state.BridgeRole``) of their member
+layers and collected in ``quant_state(gm).bridges``.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import torch.fx as fx
 from networkx.algorithms.isomorphism import DiGraphMatcher
 
 from .kinds import QUANTIZABLE, Kind, build_kind_graph
+from ..state import BRIDGE, BridgeRole, quant_state
 
 LOCAL_TO_GLOBAL = "local->global"
 GLOBAL_TO_LOCAL = "global->local"
@@ -212,8 +213,8 @@ register_pattern(BridgePattern(
 
 # ---- Mobile-Former: the two-way bridge of every block -------------------------------------
 
-def _mobile_former_direction(kind):
-    return lambda g, m: kind
+def _mobile_former_direction(direction):
+    return lambda g, m: direction
 
 
 register_pattern(BridgePattern(
@@ -539,11 +540,10 @@ def tag_bridges(gm: fx.GraphModule, patterns: Optional[Sequence[str]] = None) ->
     tags = find_bridges(gm, patterns)
     by_name = {n.name: n for n in gm.graph.nodes}
     for n in gm.graph.nodes:
-        n.meta.pop("qhyvit_bridge", None)
+        n.meta.pop(BRIDGE, None)
     for t in tags:
         for l in t.layers:
             role = "output" if l == t.output else ("entry" if l in t.entry else "member")
-            by_name[l].meta["qhyvit_bridge"] = {"id": t.id, "role": role, "direction": t.direction,
-                                                "output": t.output}
-    gm.meta["qhyvit_bridges"] = tags
+            by_name[l].meta[BRIDGE] = BridgeRole(t.id, role, t.direction, t.output)
+    quant_state(gm).bridges = tags
     return gm

@@ -42,12 +42,12 @@ def twin_candidates(role: str, bits: int, stats: ActStats, fractions: torch.Tens
     zero = torch.zeros((), dtype=torch.int32)
     out = []
     if role == "softmax":
-        spec = QSpec(bits=bits, symmetric=False, kind="twin_pos")
+        spec = QSpec(bits=bits, symmetric=False, quantizer="twin_pos")
         s2 = torch.tensor(1.0 / m)
         for j in range(MAX_POW2 + 1):
             out.append(QParams(spec, s2 / 2 ** j, zero, 0, s2))
         return out
-    spec = QSpec(bits=bits, symmetric=True, kind="twin_signed")
+    spec = QSpec(bits=bits, symmetric=True, quantizer="twin_signed")
     lo = float(-min(float(stats.lo), 0.0))
     hi = max(float(stats.hi), 1e-8)
     for f in fractions.tolist():
@@ -57,11 +57,12 @@ def twin_candidates(role: str, bits: int, stats: ActStats, fractions: torch.Tens
     return out
 
 
-def log_params(kind: str, bits: int, stats: ActStats) -> QParams:
+def log_params(quantizer: str, bits: int, stats: ActStats) -> QParams:
     """FQ-ViT log2 (top level 1, the softmax maximum) or RepQ-ViT log-sqrt2 (top level the
     observed maximum) quantizer of a softmax output."""
-    top = 1.0 if kind == "log2" else max(float(stats.hi), 1e-8)
-    return QParams(QSpec(bits=bits, symmetric=False, kind=kind), torch.tensor(top), torch.zeros((), dtype=torch.int32))
+    top = 1.0 if quantizer == "log2" else max(float(stats.hi), 1e-8)
+    return QParams(QSpec(bits=bits, symmetric=False, quantizer=quantizer), torch.tensor(top),
+                   torch.zeros((), dtype=torch.int32))
 
 
 def _weighted_out(p: WeightedLayerProblem, xq: torch.Tensor, weight: Optional[QParams]) -> torch.Tensor:
