@@ -41,7 +41,7 @@ def stats_for(name: str, path: str, images: int = 32) -> dict:
     lm = create_model(name, weights=path)
     pre = Preprocess.from_meta(lm.meta)
     calib = stack_images(open_folder(os.path.join(SHARED, "data", "cifar10", "train"), pre, limit=images, seed=0))
-    pm = q.prepare(lm.model, calib[:1], q.QConfig(method="minmax", a_granularity="channel"))
+    pm = q.prepare(lm.model, calib[:1], q.QConfig(method="minmax", a_granularity="channel", target="fakequant"))
     p999 = {}
     hooks = []
     for n in quantized_layers(pm):

@@ -148,8 +148,9 @@ def quantize(model, calib: torch.Tensor, cfg):
     return pm, q.convert(pm)
 
 
-# named configurations (QConfig overrides); 'ort' variants target onnxruntime's integer kernels on
-# this CPU (per-tensor activations, 7-bit weight codes on AVX2) and are also run through onnxruntime
+# named configurations (QConfig overrides; no target: the fake-quant study); 'ort' variants target
+# onnxruntime's integer kernels on this CPU (per-tensor activations, 7-bit weight codes on AVX2) and are
+# also run through onnxruntime
 VARIANTS = {
     "minmax": dict(method="minmax"),
     "easyquant": dict(method="easyquant"),
@@ -224,12 +225,8 @@ def run_model(fn, batches) -> torch.Tensor:
 def config_for(variant: str, bits: str):
     import qhyvit_fx as q
     from qhyvit_fx.config import parse_bits
-    from qhyvit_fx.target import weight_range_bits
     w, a = parse_bits(bits)
-    kw = dict(VARIANTS[variant])
-    kernel = kw.pop("kernel", None)
-    if kernel:
-        kw["weight_range_bits"] = weight_range_bits(kernel, w)
+    kw = {"target": "fakequant", **VARIANTS[variant]}      # a variant without a target is the fake-quant study
     return q.QConfig.flat(w_bits=w, a_bits=a, **kw)
 
 

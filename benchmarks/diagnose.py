@@ -40,7 +40,7 @@ def main():
     with torch.no_grad():
         fp = lm.model(xs).argmax(1)
     w, a = parse_bits(args.bits)
-    cfg = q.QConfig(w_bits=w, a_bits=a, method="qhyvit")
+    cfg = q.QConfig(w_bits=w, a_bits=a, method="qhyvit", target="fakequant")
     pm = q.prepare(lm.model, calib[:1], cfg)
     q.calibrate(pm, calib)
     dq, dm = q.quant_state(pm).decisions, MinMax(cfg).decide(pm, None)

@@ -93,7 +93,7 @@ def main():
     fp = logits(lm.model, xs)
     w, a = parse_bits(args.bits)
     extra = json.loads(args.config)
-    pm = q.prepare(lm.model, calib[:1], q.QConfig.flat(w_bits=w, a_bits=a, method="qhyvit", **extra))
+    pm = q.prepare(lm.model, calib[:1], q.QConfig.flat(w_bits=w, a_bits=a, method="qhyvit", **{"target": "fakequant", **extra}))
     q.calibrate(pm, calib)
     dec = q.quant_state(pm).decisions
 

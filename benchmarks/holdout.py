@@ -57,7 +57,7 @@ def main():
           f"{'those same images' if args.calib_on_eval else f'{len(calib)} other training images'}", flush=True)
     for c in json.loads(args.configs):
         t0 = time.time()
-        cfg = q.QConfig.flat(**c)
+        cfg = q.QConfig.flat(**{"target": "fakequant", **c})     # no target: the fake-quant study, as recorded
         _, qm = quantize(lm.model, calib, cfg)
         scores = []
         if args.runtime in ("torch", "both"):

@@ -147,7 +147,7 @@ def decide(qm: fx.GraphModule) -> Decisions:
     decisions.meta["target"] = config.target
     decisions.meta["mode"] = config.mode
     decisions.meta["quantize_outputs"] = config.quantize_outputs or config.backend.fused_outputs
-    decisions.meta["weight_range_bits"] = config.weight_range_bits
+    decisions.meta["weight_range_bits"] = config.weight_code_bits
     decisions.meta["config"] = config.to_dict()      # `qhyvit export` re-prepares exactly this graph
     decisions.meta["calib_images"] = int(images.shape[0]) if images is not None else quant_state(qm).calib_count
     return decisions

@@ -129,10 +129,8 @@ def _load(job: Job, img: Optional[int] = None):
 
 def _config(args, w_bits: int, a_bits: int):
     from .config import QConfig
-    from .target import weight_range_bits
-    wrb = weight_range_bits(args.kernel, w_bits) if getattr(args, "kernel", "none") else None
     return QConfig(w_bits=w_bits, a_bits=a_bits, method=args.method, calib_images=args.calib_images,
-                   seed=args.seed, weight_range_bits=wrb, device=getattr(args, "device", "cpu"), progress=True,
+                   seed=args.seed, kernel=getattr(args, "kernel", "auto"), device=getattr(args, "device", "cpu"), progress=True,
                    target=args.target, a_scheme=args.act_scheme, mode=getattr(args, "mode", "partial"),
                    method_params=_method_params(args, args.method))
 
@@ -336,8 +334,8 @@ def cmd_quantize(args) -> int:
         onnx_path = os.path.join(tmp, "model.onnx")
         export_onnx(qm, onnx_path, weight_format=args.weight_format)
         log(f"quantized {len(dec.layers)} layers with {cfg.method} at {args.bits} in {secs:.1f} s"
-            + (f" (weights limited to {cfg.weight_range_bits} bits for this CPU's integer kernels)"
-               if cfg.weight_range_bits else ""))
+            + (f" (weights limited to {cfg.weight_code_bits} bits for this CPU's integer kernels)"
+               if cfg.weight_code_bits else ""))
         from .check import check_runtime
         check = check_runtime(onnx_path, cfg.backend.check_runtime)
         metrics = None

@@ -8,6 +8,7 @@ from typing import Any, Dict, Optional, Tuple
 from .backends import BACKENDS, MODES as _MODES, Backend, Mode, get_backend, get_mode
 from .patterns.kinds import LAYER_KINDS
 from .quantizer import QSpec
+from .target import KERNELS, detect_kernel, weight_range_bits as kernel_weight_bits
 
 GRANULARITIES = ("tensor", "channel")
 SCHEMES = ("symmetric", "asymmetric")
@@ -76,8 +77,10 @@ class QConfig:
     a_bits: int = 8
     method: str = "minmax"
     mode: str = "partial"
-    target: str = "fakequant"          # 'ort': what onnxruntime runs in integer kernels -- per-tensor activations
-                                       # (scheme a_scheme, not searched), symmetric weights, Q/DQ on op outputs
+    target: str = "ort"                # what the export runs in (qhyvit_fx.backends): 'ort' (onnxruntime's integer
+                                       # kernels), 'openvino', 'tensorrt', or 'fakequant' (studies: torch only)
+    kernel: str = "auto"               # the CPU integer kernels the export runs on (qhyvit_fx.target.KERNELS);
+                                       # 'auto' is resolved to this CPU's when the config is made
     quantize_ops: Tuple[str, ...] = LAYER_KINDS
     w_granularity: str = "channel"
     w_scheme: str = "symmetric"
@@ -91,7 +94,8 @@ class QConfig:
                                        # (it exists only so that onnxruntime fuses QLinearConv / QGemm, whose
                                        # u8 output costs the same at any code width); where the output is the
                                        # next layer's input (after a ReLU, or tied to its reader) a_bits apply
-    weight_range_bits: Optional[int] = None  # clamp weight codes to this many bits (7 for AVX2 u8s8 kernels)
+    weight_range_bits: Optional[int] = None  # clamp weight codes to this many bits; None: what ``kernel`` needs
+                                             # (7 for W8 on AVX2 u8s8 kernels, see ``weight_code_bits``)
     calib_images: int = 32
     seed: int = 0
     device: str = "cpu"
@@ -103,6 +107,8 @@ class QConfig:
     def __post_init__(self):
         from .methods import get_method          # methods import this module
         self.quantize_ops = tuple(self.quantize_ops)
+        if self.kernel == "auto":
+            self.kernel = detect_kernel()          # recorded, so a saved config rebuilds the same graph anywhere
         if self.a_scheme is None and self.target in BACKENDS:
             self.a_scheme = BACKENDS[self.target].act_schemes[0]
         cls = get_method(self.method).params_class
@@ -137,6 +143,8 @@ class QConfig:
             raise ConfigError("calib_images must be at least 1")
         if not isinstance(self.output_bits, int) or not 2 <= self.output_bits <= 8:
             raise ConfigError(f"output_bits={self.output_bits!r} is outside 2-8; choose an integer from 2 to 8")
+        if self.kernel not in KERNELS:
+            raise ConfigError(f"kernel={self.kernel!r} is not one of {', '.join(KERNELS)}")
         if self.weight_range_bits is not None and not 2 <= self.weight_range_bits <= 8:
             raise ConfigError("weight_range_bits must be between 2 and 8")
         check_device(self.device)
@@ -149,14 +157,22 @@ class QConfig:
         return get_backend(self.target)
 
     @property
+    def weight_code_bits(self) -> Optional[int]:
+        """The width weight codes are limited to (None: ``w_bits``): ``weight_range_bits`` if set, else
+        what ``kernel`` needs where the target's CPU kernels read the codes."""
+        if self.weight_range_bits is not None:
+            return self.weight_range_bits
+        return kernel_weight_bits(self.kernel, self.w_bits) if self.backend.cpu_weight_codes else None
+
+    @property
     def mode_rules(self) -> Mode:
         return get_mode(self.mode)
 
     # ---- default specs ---------------------------------------------------------------------
     def weight_spec(self, bits: Optional[int] = None) -> QSpec:
         b = bits or self.w_bits
-        if self.weight_range_bits is not None:
-            b = min(b, self.weight_range_bits)
+        if self.weight_code_bits is not None:
+            b = min(b, self.weight_code_bits)
         return QSpec(bits=b, symmetric=self.w_scheme == "symmetric",
                      per_channel=self.w_granularity == "channel", axis=0)
 

@@ -114,8 +114,8 @@ def write_quantize_report(folder: str, job, config, prepared: fx.GraphModule, co
              f"Command: `{' '.join(shlex.quote(a) for a in ['qhyvit'] + list(argv[1:]))}`", "",
              f"- weights: `{os.path.basename(job.weights) if job.weights else 'pretrained'}`",
              f"- method: {config.method}, W{config.w_bits}A{config.a_bits}"
-             + (f" (weight codes limited to {config.weight_range_bits} bits for the target integer kernels)"
-                if config.weight_range_bits else ""),
+             + (f" (weight codes limited to {config.weight_code_bits} bits for the target integer kernels)"
+                if config.weight_code_bits else ""),
              f"- calibration: {dec.meta.get('calib_images')} images from `{job.calib}`, seed {config.seed}, "
              f"{seconds:.1f} s",
              f"- quantized layers: {len(dec.layers)}; bridge blocks: {len(quant_state(prepared).bridges)}",

@@ -10,7 +10,7 @@ from qhyvit_fx.config import ConfigError
 from qhyvit_fx.methods import METHODS, SearchParams
 from qhyvit_fx.methods.qhyvit import QHyViTParams
 
-CORE = {"w_bits", "a_bits", "method", "mode", "target", "quantize_ops", "w_granularity", "w_scheme",
+CORE = {"w_bits", "a_bits", "method", "mode", "target", "kernel", "quantize_ops", "w_granularity", "w_scheme",
         "a_granularity", "a_scheme", "first_layer", "last_layer", "layer_overrides", "quantize_outputs",
         "output_bits", "weight_range_bits", "calib_images", "seed", "device", "progress", "method_params"}
 
@@ -92,3 +92,28 @@ def test_backends_and_modes_are_the_configs_choices():
     assert trt.act_schemes == ("symmetric",) and not trt.fused_outputs and not trt.can_migrate(MODES["partial"])
     with pytest.raises(ConfigError, match="target='openvinoo' is not one of fakequant, openvino, ort, tensorrt"):
         q.QConfig(target="openvinoo")
+
+
+def test_api_and_cli_share_their_defaults():
+    from qhyvit_fx import cli
+    from qhyvit_fx.target import detect_kernel
+    args = cli.build_parser().parse_args(["quantize"])
+    api, from_cli = q.QConfig(), cli._config(args, 8, 8)
+    assert (api.target, api.kernel) == (args.target, detect_kernel()) == (from_cli.target, from_cli.kernel)
+    assert {k: v for k, v in from_cli.to_dict().items() if k != "progress"} == \
+        {k: v for k, v in api.to_dict().items() if k != "progress"}
+
+
+def test_kernel_limits_weight_codes_only_where_cpu_kernels_read_them():
+    assert q.QConfig(kernel="avx2").weight_code_bits == 7                  # ort: u8s8 pairs saturate in int16
+    assert q.QConfig(kernel="avx2", target="openvino").weight_code_bits == 7
+    assert q.QConfig(kernel="avx2", w_bits=6).weight_code_bits is None
+    assert q.QConfig(kernel="avx2", target="tensorrt").weight_code_bits is None
+    assert q.QConfig(kernel="avx2", target="fakequant").weight_code_bits is None
+    assert q.QConfig(kernel="vnni").weight_code_bits is None
+    assert q.QConfig(kernel="vnni", weight_range_bits=5).weight_spec().bits == 5
+    assert q.QConfig(kernel="avx2").weight_spec().bits == 7
+    c = q.QConfig(kernel="avx2")
+    assert q.QConfig.from_dict(c.to_dict()) == c and c.to_dict()["kernel"] == "avx2"
+    with pytest.raises(ConfigError, match="kernel='sse' is not one of"):
+        q.QConfig(kernel="sse")

@@ -14,7 +14,7 @@ from qhyvit_fx.state import quant_state
 
 
 def _export(tmp_path, model, images, **kw):
-    pm = q.prepare(model, images[:1], q.QConfig(**kw))
+    pm = q.prepare(model, images[:1], q.QConfig(**{"target": "fakequant", **kw}))
     q.calibrate(pm, images)
     qm = q.convert(pm)
     path = str(tmp_path / "m.onnx")

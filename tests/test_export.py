@@ -10,7 +10,7 @@ from qhyvit_fx.export import ExportError, export_onnx, ort_callable
 
 
 def _quantized(model, x, **kw):
-    pm = q.prepare(model, x[:1], q.QConfig(**kw))
+    pm = q.prepare(model, x[:1], q.QConfig(**{"target": "fakequant", **kw}))
     q.calibrate(pm, x)
     return q.convert(pm)
 

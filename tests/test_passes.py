@@ -46,7 +46,7 @@ def test_cleanup_removes_noops_only(xxs):
 
 
 def test_prepare_annotates_and_observes_every_quantizable_input(xxs):
-    pm = q.prepare(xxs, torch.zeros(1, 3, 256, 256))
+    pm = q.prepare(xxs, torch.zeros(1, 3, 256, 256), q.QConfig(target="fakequant"))
     anns = [n.meta[ANNOTATION] for n in pm.graph.nodes if ANNOTATION in n.meta]
     assert len(anns) == 90
     assert sum(a.weight is not None for a in anns) == 72
@@ -66,7 +66,7 @@ def test_first_and_last_layer_policy(tiny, tiny_images):
 
 def test_converted_graph_structure(xxs):
     x = torch.randn(2, 3, 256, 256)
-    pm = q.prepare(xxs, x[:1])
+    pm = q.prepare(xxs, x[:1], q.QConfig(target="fakequant"))
     q.calibrate(pm, x)
     qm = q.convert(pm)
     mods = [type(m) for m in qm.modules()]

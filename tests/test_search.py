@@ -26,7 +26,7 @@ TIE_TOL = 0.02
 
 @pytest.fixture(scope="module")
 def problems(tiny, tiny_images):
-    cfg = q.QConfig.flat(w_bits=6, a_bits=6, method="qhyvit", max_positions=100000)
+    cfg = q.QConfig.flat(w_bits=6, a_bits=6, method="qhyvit", max_positions=100000, target="fakequant")
     pm = q.prepare(tiny, tiny_images[:1], cfg)
     pm(tiny_images)
     init = MinMax(cfg).decide(pm, None)

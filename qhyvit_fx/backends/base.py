@@ -37,6 +37,9 @@ class Backend:
                                             # (the runtime fuses a producer only into a single Q)
     act_schemes: Tuple[str, ...] = ("asymmetric", "symmetric")   # activation schemes its kernels take;
                                                                 # the first is QConfig's default
+    cpu_weight_codes: bool = False          # its CPU integer kernels read the weight codes: on AVX2 without
+                                            # VNNI they add u8 x s8 product pairs in int16, so QConfig.kernel
+                                            # limits W8 codes to 7 bits (qhyvit_fx.target)
     check_runtime: str = "onnxruntime"      # whose rules ``qhyvit check --runtime`` judges its exports by
     eval_runtime: str = "onnxruntime"       # the runtime ``qhyvit quantize`` / ``eval`` measure its exports in
     signed_matmul_operand: bool = False     # a matmul of two activations reads its second operand in
