@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from ..decisions import Decisions
 from ..passes.annotate import ANNOTATION, searched_layers
-from ..patterns.kinds import metadata_read
+from ..patterns.kinds import metadata_read, norm_owner
 from ..quantizer import QParams, params_from_range
 from ..search.nonuniform import input_role, log_params
 from ..search.problem import ActStats
@@ -30,20 +30,6 @@ def reparam_params(ch_lo: torch.Tensor, ch_hi: torch.Tensor, spec) -> tuple:
     r = pc.scale / s
     t = pc.scale * (pc.zero_point.float() - z)
     return QParams(spec.with_(per_channel=False, axis=0), s, z.to(torch.int32)), r, t
-
-
-def _norm_owner(norm_node: fx.Node) -> Optional[str]:
-    """The module holding a norm's affine parameters: the norm module itself, or, for a functional
-    norm (timm's GroupNorm1 captures as F.group_norm), the one module whose ``weight`` and ``bias``
-    it reads through get_attr."""
-    if norm_node.op == "call_module":
-        return norm_node.target
-    attrs = [a.target for a in list(norm_node.args) + list(norm_node.kwargs.values())
-             if isinstance(a, fx.Node) and a.op == "get_attr"]
-    owners = {t.rsplit(".", 1)[0] for t in attrs if "." in t}
-    if len(attrs) == 2 and len(owners) == 1 and {t.rsplit(".", 1)[1] for t in attrs} == {"weight", "bias"}:
-        return owners.pop()
-    return None
 
 
 @register_method
@@ -76,7 +62,7 @@ class RepQViT(MinMax):
         ann = node.meta[ANNOTATION]
         norm_node = next(n for n in prepared.graph.nodes if n.name == src)
         mod = prepared.get_submodule(node.target)
-        owner = _norm_owner(norm_node)
+        owner = norm_owner(norm_node)
         norm = prepared.get_submodule(owner) if owner is not None else None
         if norm is None or getattr(norm, "weight", None) is None:
             return "not applied: the norm has no affine parameters"

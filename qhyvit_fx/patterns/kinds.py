@@ -233,6 +233,20 @@ def build_kind_graph(gm: fx.GraphModule) -> nx.DiGraph:
     return g
 
 
+def norm_owner(norm_node: fx.Node) -> Optional[str]:
+    """The module holding a norm's affine parameters: the norm module itself, or, for a functional
+    norm (timm's GroupNorm1 captures as F.group_norm), the one module whose ``weight`` and ``bias``
+    it reads through get_attr."""
+    if norm_node.op == "call_module":
+        return norm_node.target
+    attrs = [a.target for a in list(norm_node.args) + list(norm_node.kwargs.values())
+             if isinstance(a, fx.Node) and a.op == "get_attr"]
+    owners = {t.rsplit(".", 1)[0] for t in attrs if "." in t}
+    if len(attrs) == 2 and len(owners) == 1 and {t.rsplit(".", 1)[1] for t in attrs} == {"weight", "bias"}:
+        return owners.pop()
+    return None
+
+
 def shape(node: fx.Node) -> Optional[tuple]:
     """Shape of the tensor ``node`` produced when the graph was captured, or None."""
     tm = node.meta.get("tensor_meta")
