@@ -206,6 +206,12 @@ VARIANTS = {
     # OpenVINO's CPU int8 (uint8 activations, int8 second operand of attention matmuls), run in OpenVINO
     "minmax-ov": dict(method="minmax", target="openvino"),
     "qhyvit-ov": dict(method="qhyvit", target="openvino"),
+    # per-tensor inputs only where the target cannot migrate: what folding per-channel ranges into
+    # the norms gives (compare with qhyvit-ov, qhyvit-trt, qhyvit-ort-int)
+    "qhyvit-ov-nofold": dict(method="qhyvit", target="openvino", act_channel_migrate=False),
+    "qhyvit-trt-nofold": dict(method="qhyvit", target="tensorrt", act_channel_migrate=False),
+    "qhyvit-ort-int-nofold": dict(method="qhyvit", target="ort", kernel="auto", mode="integer",
+                                  act_channel_migrate=False),
 }
 
 

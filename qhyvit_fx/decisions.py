@@ -37,9 +37,11 @@ class LayerDecision:
     error: Dict[str, float] = field(default_factory=dict)     # search objective before / after
     info: Dict[str, Any] = field(default_factory=dict)
     bias_delta: Optional[Any] = None                          # tensor [C] added to the layer's bias
-    # RepQ-ViT scale reparameterisation of the norm feeding this layer: {"norm": module name,
-    # "in_scale": r [K], "in_shift": t [K]}; convert sets the norm's affine to (gamma/r, (beta+t)/r),
-    # the layer weight to W*r (input channels) and its bias to b - W t (same function, new ranges)
+    # scale reparameterisation of the norm feeding this layer (RepQ-ViT; Q-HyViT's norm-folded inputs):
+    # {"norm": module name, "in_scale": r [K], "in_shift": t [K], "shift": "float" | "quantized"};
+    # convert sets the norm's affine to (gamma/r, (beta+t)/r), the layer weight to W*r (input channels)
+    # and its bias to b - W t ("float", RepQ-ViT: the same float function) or b - Q(W r) t / r
+    # ("quantized": the offset removed exactly as the quantized layer applies it)
     reparam: Optional[Dict[str, Any]] = None
     # migrated per-channel input (integer kernels): m [K] per input channel; the input's per-channel
     # codes (inputs[0], scales s_c) are read with the one scale s_c / m_c, and the weight decision
@@ -60,6 +62,8 @@ class LayerDecision:
             d["reparam"] = {"norm": self.reparam["norm"],
                             "in_scale": [float(v) for v in self.reparam["in_scale"].reshape(-1)],
                             "in_shift": [float(v) for v in self.reparam["in_shift"].reshape(-1)]}
+            if "shift" in self.reparam:
+                d["reparam"]["shift"] = self.reparam["shift"]
         if self.input_migration is not None:
             d["input_migration"] = [float(v) for v in self.input_migration.reshape(-1)]
         if self.weight_codes is not None:       # base64 of the int8 bytes: a JSON list would be 4x larger
@@ -141,7 +145,13 @@ def _reparam(v, name):
                                                                    torch.isfinite(t).all() and (r > 0).all()):
         raise DecisionsError(f"layer '{name}': reparam in_scale must be positive, in_shift finite, "
                              "both lists of the layer's input-channel count")
-    return {"norm": v["norm"], "in_scale": r, "in_shift": t}
+    out = {"norm": v["norm"], "in_scale": r, "in_shift": t}
+    if "shift" in v:
+        if v["shift"] not in ("float", "quantized"):
+            raise DecisionsError(f"layer '{name}': reparam shift must be \"float\" (RepQ-ViT: b - W t) or "
+                                 f"\"quantized\" (b - Q(W r) t / r), not {v['shift']!r}")
+        out["shift"] = v["shift"]
+    return out
 
 
 @dataclass

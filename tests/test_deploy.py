@@ -346,3 +346,64 @@ def test_relu6_convs_stay_fused_below_8_bits(tmp_path, bits):
     export_onnx(q.convert(pm), path)
     rep = check_onnx(path)
     assert rep.integer_count == len(rep.ops) == 3
+
+
+class _NormLinear(torch.nn.Module):
+    """Tokens -> LayerNorm whose affine makes two outlier channels (30x the others' range, as trained
+    transformers' norms do) -> linear -> GELU -> linear."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.norm = torch.nn.LayerNorm(16)
+        with torch.no_grad():
+            self.norm.weight.copy_(torch.cat([torch.full((2,), 30.0), torch.ones(14)]))
+            self.norm.bias.copy_(torch.linspace(-1, 2, 16))
+        self.fc = torch.nn.Linear(16, 32)
+        self.head = torch.nn.Linear(32, 8)
+        self.fc.weight.data = torch.randn(32, 16, generator=g) * 0.3
+        self.fc.weight.data[:, :2] /= 30          # the outlier channels are read through small weights
+
+    def forward(self, x):
+        return self.head(torch.nn.functional.gelu(self.fc(self.norm(x))))
+
+
+@pytest.mark.parametrize("target", ["openvino", "tensorrt", "ort"])
+def test_norm_folded_input_is_the_searched_per_channel_quantizer(target):
+    """Where a layer reads a norm's output alone and cannot migrate (OpenVINO, TensorRT, onnxruntime in
+    integer mode), the search may pick per-channel input ranges; they ship as one per-tensor quantizer
+    with the scales folded into the norm's affine and the weight, and the converted layer computes
+    exactly the per-channel quantization the search scored."""
+    from qhyvit_fx.quantizer import fake_quant
+    x = torch.randn(32, 10, 16, generator=torch.Generator().manual_seed(1))
+    m = _NormLinear().eval()
+    mode = "integer" if target == "ort" else "partial"
+    pm = q.prepare(m, x[:1], q.QConfig(method="qhyvit", target=target, mode=mode, w_bits=6, a_bits=4))
+    assert pm.get_submodule("fc") is not None
+    ann = next(n.meta["qhyvit_quant"] for n in pm.graph.nodes if n.meta.get("qhyvit_quant")
+               and n.meta["qhyvit_quant"].layer == "fc")
+    assert ann.fold_norm == "norm" and not ann.input_migrate
+    q.calibrate(pm, x)
+    d = quant_state(pm).decisions.layers["fc"]
+    assert d.reparam is not None and d.reparam["norm"] == "norm" and d.reparam["shift"] == "quantized"
+    assert d.input_migration is None and not d.inputs[0].spec.per_channel
+    r, t, qp = d.reparam["in_scale"], d.reparam["in_shift"], d.inputs[0]
+    assert float(r.max()) == 1.0 and float(r.min()) < 0.2          # the outliers' range was folded
+    if target == "tensorrt":
+        assert int(qp.zero_point) == 0 and float(t.abs().max()) == 0.0
+    qm = q.convert(pm, quant_state(pm).decisions)
+    # what the search scored: per-channel codes of the norm output (s_c = r s, z_c = z + t / s_c),
+    # times the quantized weight of W * r, divided by r
+    got = {}
+    qm.get_submodule("norm").register_forward_hook(lambda mod, inp, out: got.update(norm_in=inp[0]))
+    qm.get_submodule("fc").register_forward_hook(lambda mod, inp, out: got.update(fc=out))
+    with torch.no_grad():
+        qm(x)
+        y = m.norm(got["norm_in"])            # the original norm, on what the folded norm read
+    s_c = r * qp.scale
+    z_c = torch.round(qp.zero_point.float() + t / s_c).to(torch.int32)
+    y_q = fake_quant(y, s_c, z_c, qp.spec.qmin, qp.spec.qmax, axis=-1)
+    w_q = qm.get_submodule("fc").dequantized_weight() / r
+    b = m.fc.bias + (d.bias_delta if d.bias_delta is not None else 0)
+    want = y_q @ w_q.t() + b
+    assert torch.allclose(got["fc"], want, atol=1e-4), float((got["fc"] - want).abs().max())

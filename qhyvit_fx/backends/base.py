@@ -37,6 +37,9 @@ class Backend:
                                             # (the runtime fuses a producer only into a single Q)
     act_schemes: Tuple[str, ...] = ("asymmetric", "symmetric")   # activation schemes its kernels take;
                                                                 # the first is QConfig's default
+    norm_folded_inputs: bool = False        # a layer fed only by an affine norm may take per-channel input
+                                            # ranges folded into the norm's affine (and its weight), leaving
+                                            # one per-tensor quantizer in the graph (where it cannot migrate)
     cpu_weight_codes: bool = False          # its CPU integer kernels read the weight codes: on AVX2 without
                                             # VNNI they add u8 x s8 product pairs in int16, so QConfig.kernel
                                             # limits W8 codes to 7 bits (qhyvit_fx.target)

@@ -15,4 +15,4 @@ OPENVINO = register_backend(Backend(
     "attention matmuls), per-channel symmetric weights, Q/DQ on conv/gemm/matmul inputs",
     per_channel_activations=False, asymmetric_weights=False, searchable_act_scheme=False,
     fused_outputs=False, migrated_inputs=False, integer_kernels=False, one_quantizer_per_tensor=False,
-    check_runtime="openvino", eval_runtime="openvino", signed_matmul_operand=True, cpu_weight_codes=True))
+    check_runtime="openvino", eval_runtime="openvino", signed_matmul_operand=True, cpu_weight_codes=True, norm_folded_inputs=True))

@@ -15,4 +15,4 @@ ORT = register_backend(Backend(
     "ort", "onnxruntime integer kernels: per-tensor activations, symmetric weights, Q/DQ on fused outputs",
     per_channel_activations=False, asymmetric_weights=False, searchable_act_scheme=False,
     fused_outputs=True, migrated_inputs=True, integer_kernels=True, one_quantizer_per_tensor=True,
-    integer_mode_float_ops=("softmax",), cpu_weight_codes=True))
+    integer_mode_float_ops=("softmax",), cpu_weight_codes=True, norm_folded_inputs=True))

@@ -28,8 +28,11 @@ class QHyViTParams(SearchParams):
         "a quantizer shared by a layer's output and its readers' inputs (passes/group_quantizers) is also "
         "scored at that layer's objective; off: at its readers' objectives only")
     act_channel_migrate: bool = param(True,
-        "target ort, partial/full mode: per-channel input ranges stay a choice on linears and unpadded "
-        "ungrouped convs, deployed as per-channel codes read with one scale, the ratios moved into the weights")
+        "per-channel input ranges stay a choice where they deploy with one per-tensor quantizer: "
+        "migrated (target ort, partial/full mode: linears and unpadded ungrouped convs read per-channel "
+        "codes with one scale, the ratios moved into the weights) or folded (a linear or 1x1 conv that "
+        "alone reads an affine norm, on ort in integer mode, openvino and tensorrt: the ratios go into "
+        "the norm's affine and the weights)")
     bridge_objective: bool = param(True,
         "bridge-block members are scored at the bridge output (paper); off: at their own output")
     act_cv: bool = param(True, "score activation candidates by K-fold validation over images")

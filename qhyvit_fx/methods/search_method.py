@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.fx as fx
@@ -16,6 +16,7 @@ from ..config import check_device as search_device
 from ..decisions import Decisions, LayerDecision
 from ..passes.annotate import ANNOTATION, quantized_layers, searched_layers
 from ..passes.convert import convert_graph
+from ..quantizer import QParams
 from ..search.problem import SearchOptions
 from ..search.shared import SharedPoint, decide_shared
 from ..passes.group_quantizers import quant_groups
@@ -63,6 +64,20 @@ def search_options(cfg) -> SearchOptions:
                          weight_asym_ok=backend.asymmetric_weights, act_scheme_search=backend.searchable_act_scheme)
 
 
+def norm_fold(norm: str, per_channel: QParams, m: torch.Tensor) -> Tuple[QParams, dict]:
+    """A searched per-channel input (scales s_c = m_c s_r, zero points z_c) of a layer fed by ``norm``, as one
+    per-tensor quantizer (s_r, z_r) and the reparameterisation that makes it compute the same codes: the
+    norm's output becomes (y + t) / m with t_c = s_c (z_c - z_r), the layer's weight W * m, exactly the
+    weight the search scored (it searched the weight on W * m).  ``shift: quantized``: convert removes
+    the shift through the quantized weight, so the layer computes what the search scored."""
+    spec = per_channel.spec
+    s_r = per_channel.scale.max()
+    z_r = torch.round(per_channel.zero_point.float().mean()).clamp(spec.qmin, spec.qmax)
+    t = per_channel.scale * (per_channel.zero_point.float() - z_r)
+    qp = QParams(spec.with_(per_channel=False, axis=0), s_r, z_r.to(torch.int32))
+    return qp, {"norm": norm, "in_scale": m.clone(), "in_shift": t, "shift": "quantized"}
+
+
 class SearchMethod(Method):
     """A method made of the shared data collection and one layer step (``step``)."""
 
@@ -89,6 +104,9 @@ class SearchMethod(Method):
                           info=dict(info.get(ann.layer, {}), rounds=res.rounds, rows=rows),
                           bias_delta=res.bias_delta, input_migration=res.migration,
                           weight_codes=getattr(res, "weight_codes", None))
+        if ann.fold_norm is not None and res.migration is not None:
+            d.inputs[0], d.reparam = norm_fold(ann.fold_norm, res.inputs[0], res.migration)
+            d.input_migration = None
         if ann.output is not None:
             d.output = getattr(res, "output", None) or init.layers[ann.layer].output
         return d

@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from ..config import QConfig
 from ..patterns.kinds import (LAYER_KINDS, Kind, activation_nodes, classify, is_tensor_node, layer_name, metadata_read,
-                              node_module, rank)
+                              node_module, norm_owner, rank)
 from ..quantizer import QSpec
 from ..state import bridge_role, quant_state
 
@@ -47,6 +47,9 @@ class QuantAnnotation:
     # input 0 may be quantized per channel although the kernel reads one scale: per-channel codes,
     # the channel ratios moved into the weight (a linear or an unpadded ungrouped conv)
     input_migrate: bool = False
+    # where input 0 cannot migrate but is the only use of an affine norm's output: the module holding
+    # that norm's affine, into which per-channel input ranges fold (RepQ-ViT's reparameterisation)
+    fold_norm: Optional[str] = None
 
     @property
     def a_bits(self) -> int:
@@ -95,6 +98,26 @@ def migratable(mod) -> bool:
     if isinstance(mod, nn.Linear):
         return True
     return isinstance(mod, nn.Conv2d) and mod.groups == 1 and mod.padding in ((0, 0), "valid")
+
+
+def _foldable_norm(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
+    """The module holding the affine of the LayerNorm / GroupNorm whose output is ``node``'s input and
+    is read by nothing else, when per-channel input scales can fold into that affine: ``node`` is a
+    linear or an unpadded ungrouped 1x1 conv (each output reads each channel through one weight
+    column).  None otherwise."""
+    arg, mod = node.args[0], node_module(gm, node)
+    if not isinstance(arg, fx.Node) or _producer(gm, arg)[0] not in ("layernorm", "groupnorm"):
+        return None
+    if not (isinstance(mod, nn.Linear) or (isinstance(mod, nn.Conv2d) and mod.groups == 1
+                                           and tuple(mod.kernel_size) == (1, 1) and mod.padding in ((0, 0), "valid"))):
+        return None
+    if [u for u in arg.users if metadata_read(u) is None] != [node]:
+        return None
+    owner = norm_owner(arg)
+    norm = gm.get_submodule(owner) if owner is not None else None
+    if getattr(norm, "weight", None) is None or norm.weight.numel() != mod.weight.shape[1]:
+        return None
+    return owner
 
 
 def _quantized_by_producer(gm: fx.GraphModule, arg) -> bool:
@@ -235,7 +258,7 @@ def _weighted_annotation(gm: fx.GraphModule, node: fx.Node, k: Kind, config: QCo
     override = config.layer_overrides.get(name, {})
     w_bits = int(override.get("w_bits", w_bits))
     a_bits = int(override.get("a_bits", a_bits))
-    migrate, mig_axis = False, 0
+    migrate, fold, mig_axis = False, None, 0
     if k == Kind.MATMUL:
         idxs = [0, 1]
         axes = {0: None, 1: None}
@@ -248,7 +271,9 @@ def _weighted_annotation(gm: fx.GraphModule, node: fx.Node, k: Kind, config: QCo
         # whether the kernels could run a migrated per-channel input; the method decides to use it
         migrate = backend.can_migrate(config.mode_rules) \
             and migratable(node_module(gm, node)) and not _quantized_by_producer(gm, node.args[0])
-        if migrate:
+        if not migrate and backend.norm_folded_inputs:
+            fold = _foldable_norm(gm, node)       # or fold them into the norm that feeds it
+        if migrate or fold:
             mig_axis = 1 if k == Kind.CONV else (r or 2) - 1
     inputs = {}
     for j in idxs:
@@ -264,7 +289,7 @@ def _weighted_annotation(gm: fx.GraphModule, node: fx.Node, k: Kind, config: QCo
         output_axis=None, output_after=after, bridge=b.id if b else None,
         bridge_role=b.role if b else None,
         producers={j: _producer(gm, node.args[j]) for j in idxs},
-        input_migrate=migrate)
+        input_migrate=migrate, fold_norm=fold)
 
 
 def _output_quantizer(gm: fx.GraphModule, node: fx.Node, k: Kind, config: QConfig, a_bits: int):

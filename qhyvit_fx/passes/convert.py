@@ -50,11 +50,11 @@ def _reparameterise(gm: fx.GraphModule, node: fx.Node, layer: str, rp: dict) -> 
             norm.bias = nn.Parameter(torch.zeros(k))
         norm.bias.copy_((norm.bias + t) / r)
         w = mod.weight.detach()
-        shift = (w.reshape(w.shape[0], k, -1).sum(-1) @ t)
         mod = _scaled_input_channels(mod, r)
         if mod.bias is None:
             mod.bias = nn.Parameter(torch.zeros(w.shape[0]))
-        mod.bias.copy_(mod.bias - shift)
+        if rp.get("shift", "float") == "float":         # else through the quantized weight (_quantized_shift)
+            mod.bias.copy_(mod.bias - w.reshape(w.shape[0], k, -1).sum(-1) @ t)
     gm.add_submodule(rp["norm"], norm)
     gm.add_submodule(node.target, mod)
 
@@ -82,8 +82,14 @@ def _migrated_read(layer: str, qp: Optional[QParams], m: torch.Tensor) -> float:
 def _zero_point_bias(q: nn.Module, qp: QParams, dq_scale: float, dq_zero_point: int) -> None:
     """Codes read with one zero point z_r instead of z_c add W'(z_c - z_r) s_r per output: remove it.
     Exact where no input position is padding (1x1 convs without padding, linears)."""
+    _subtract_input_offset(q, (qp.zero_point.float() - dq_zero_point) * dq_scale)
+
+
+def _subtract_input_offset(q: nn.Module, v: torch.Tensor) -> None:
+    """Bias of the quantized layer ``q`` minus Q(W') v: what a constant offset v [K] of every input
+    position adds to the output, through the weight as the kernel applies it."""
     w = q.dequantized_weight().detach()
-    shift = w.reshape(w.shape[0], w.shape[1], -1).sum(-1) @ ((qp.zero_point.float() - dq_zero_point) * dq_scale)
+    shift = w.reshape(w.shape[0], w.shape[1], -1).sum(-1) @ v
     base = q.bias.detach() if q.bias is not None else torch.zeros(w.shape[0])
     q.bias = nn.Parameter(base - shift, requires_grad=False)
 
@@ -116,7 +122,11 @@ def convert_graph(prepared: fx.GraphModule, decisions: Decisions) -> fx.GraphMod
                 raise DecisionsError(f"layer '{ann.layer}': input_migration needs a quantized weight to move into")
             dq_scale = _migrated_read(ann.layer, d.inputs.get(0), d.input_migration)
         if ann.weight is not None and d.weight is not None:
-            gm.add_submodule(node.target, _quantized_layer(gm.get_submodule(node.target), ann.layer, d, dq_scale))
+            q = _quantized_layer(gm.get_submodule(node.target), ann.layer, d, dq_scale)
+            if d.reparam is not None and d.reparam.get("shift") == "quantized":
+                # the norm's output carries t / r per channel: remove it through the quantized weight
+                _subtract_input_offset(q, d.reparam["in_shift"].float() / d.reparam["in_scale"].float())
+            gm.add_submodule(node.target, q)
         for slot, obs_name in ann.observers.items():
             qp = d.output if slot == "out" else d.inputs.get(int(slot[2:]))
             if obs_name in placed:
