@@ -209,7 +209,7 @@ VARIANTS = {
     # per-tensor inputs only where the target cannot migrate: what folding per-channel ranges into
     # the norms gives (compare with qhyvit-ov, qhyvit-trt, qhyvit-ort-int)
     "qhyvit-ov-nofold": dict(method="qhyvit", target="openvino", act_channel_migrate=False),
-    "qhyvit-trt-nofold": dict(method="qhyvit", target="tensorrt", act_channel_migrate=False),
+    "qhyvit-trt-nofold": dict(method="qhyvit", target="tensorrt", act_channel_migrate=False),   # A8 only
     "qhyvit-ort-int-nofold": dict(method="qhyvit", target="ort", kernel="auto", mode="integer",
                                   act_channel_migrate=False),
 }

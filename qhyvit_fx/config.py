@@ -132,6 +132,12 @@ class QConfig:
             v = getattr(self, name)
             if v not in allowed:
                 raise ConfigError(f"{name}={v!r} is not one of {', '.join(allowed)}")
+        narrow = [b for b in [self.a_bits] + [int(o["a_bits"]) for o in self.layer_overrides.values() if "a_bits" in o]
+                  if b < 8]
+        if narrow and not self.backend.narrow_activations:
+            raise ConfigError(f"target '{self.target}' runs 8-bit activations only (its explicit quantization takes "
+                              f"a QuantizeLinear straight into each DequantizeLinear); a_bits={narrow[0]} exports a "
+                              "Clip between them. Use a_bits=8 (e.g. --bits w6a8), or another target")
         if self.a_scheme not in self.backend.act_schemes:
             raise ConfigError(f"target '{self.target}' takes {' or '.join(self.backend.act_schemes)} activations, "
                               f"not a_scheme={self.a_scheme!r}; leave a_scheme (--act-scheme) out for the target's "

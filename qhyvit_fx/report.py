@@ -32,7 +32,8 @@ def decisions_table(dec) -> List[str]:
 
 
 def choice_counts(dec) -> Dict[str, Dict[str, int]]:
-    """How often each layer kind picked per-channel / asymmetric (weights and inputs)."""
+    """How often each layer kind picked per-channel / asymmetric (weights and inputs).  An input whose
+    per-channel ranges were folded into the norm that feeds it (``reparam``) counts as per-channel."""
     out: Dict[str, Dict[str, int]] = {}
     for d in dec.layers.values():
         c = out.setdefault(d.kind, {"layers": 0, "w_channel": 0, "w_asym": 0, "a_tensors": 0, "a_channel": 0,
@@ -41,10 +42,10 @@ def choice_counts(dec) -> Dict[str, Dict[str, int]]:
         if d.weight is not None:
             c["w_channel"] += int(d.weight.spec.per_channel)
             c["w_asym"] += int(not d.weight.spec.symmetric)
-        for q in d.inputs.values():
+        for i, q in d.inputs.items():
             if q is not None:
                 c["a_tensors"] += 1
-                c["a_channel"] += int(q.spec.per_channel)
+                c["a_channel"] += int(q.spec.per_channel or (i == 0 and d.reparam is not None))
                 c["a_asym"] += int(not q.spec.symmetric)
     return out
 

@@ -31,6 +31,17 @@ def test_tensorrt_config_takes_symmetric_activations_only():
     assert q.QConfig.from_dict(c.to_dict()) == c
 
 
+def test_tensorrt_config_refuses_activations_below_8_bits():
+    """6-bit activation codes export as Q -> Clip -> DQ, which TensorRT's rules reject (the check reported
+    0/90 for such a file); the config says so up front."""
+    with pytest.raises(ConfigError, match="target 'tensorrt' runs 8-bit activations only.*a_bits=6"):
+        q.QConfig(target="tensorrt", w_bits=6, a_bits=6)
+    with pytest.raises(ConfigError, match="a_bits=4"):
+        q.QConfig(target="tensorrt", layer_overrides={"head": {"a_bits": 4}})
+    assert q.QConfig(target="tensorrt", w_bits=4, a_bits=8).a_bits == 8
+    assert q.QConfig(target="openvino", a_bits=6).a_bits == 6
+
+
 @pytest.mark.parametrize("method", ["minmax", "qhyvit", "easyquant"])
 def test_tensorrt_export_follows_its_rules(tmp_path, tiny, tiny_images, method):
     qm = _export(tmp_path / "m.onnx", tiny, tiny_images, method=method, target="tensorrt")

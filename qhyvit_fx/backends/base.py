@@ -37,6 +37,8 @@ class Backend:
                                             # (the runtime fuses a producer only into a single Q)
     act_schemes: Tuple[str, ...] = ("asymmetric", "symmetric")   # activation schemes its kernels take;
                                                                 # the first is QConfig's default
+    narrow_activations: bool = True         # activation codes below 8 bits (QuantizeLinear -> Clip ->
+                                            # DequantizeLinear) still run in its int8 kernels
     norm_folded_inputs: bool = False        # a layer fed only by an affine norm may take per-channel input
                                             # ranges folded into the norm's affine (and its weight), leaving
                                             # one per-tensor quantizer in the graph (where it cannot migrate)

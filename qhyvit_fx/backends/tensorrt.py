@@ -15,4 +15,5 @@ TENSORRT = register_backend(Backend(
     "per-channel weights, Q/DQ on conv/gemm/matmul inputs",
     per_channel_activations=False, asymmetric_weights=False, searchable_act_scheme=False,
     fused_outputs=False, migrated_inputs=False, integer_kernels=False, one_quantizer_per_tensor=True,
-    act_schemes=("symmetric",), check_runtime="tensorrt", norm_folded_inputs=True))
+    act_schemes=("symmetric",), check_runtime="tensorrt", norm_folded_inputs=True,
+    narrow_activations=False))
