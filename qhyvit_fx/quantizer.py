@@ -21,7 +21,7 @@ import torch
 
 __all__ = ["QSpec", "QParams", "qrange", "fake_quant", "params_from_range", "params_from_stats",
            "candidate_fractions", "reduce_dims", "channel_minmax", "QUANTIZERS", "twin_uniform_quant",
-           "log_quant", "quant_dequant", "ptf_params"]
+           "log_quant", "quant_dequant", "ptf_params", "per_tensor_equivalent"]
 
 MIN_SCALE = 1e-8
 
@@ -168,6 +168,18 @@ class QParams:
         over = int(((zp < spec.qmin) | (zp > spec.qmax)).sum())
         zp = zp.clamp(spec.qmin, spec.qmax)
         return QParams(spec, scale, zp, over, scale2)
+
+
+def per_tensor_equivalent(pc: QParams, scale: torch.Tensor) -> Tuple[QParams, torch.Tensor, torch.Tensor]:
+    """Per-channel params (s_c, z_c) as one per-tensor quantizer (``scale``, round(mean z_c)) plus the
+    per-channel rescale r = s_c / scale and shift t = s_c (z_c - z) that make it produce the same codes
+    for the input (x + t) / r (RepQ-ViT's reparameterisation; Q-HyViT's norm-folded inputs).
+    Returns (per-tensor QParams, r, t)."""
+    spec = pc.spec
+    z = torch.round(pc.zero_point.float().mean()).clamp(spec.qmin, spec.qmax)
+    r = pc.scale / scale
+    t = pc.scale * (pc.zero_point.float() - z)
+    return QParams(spec.with_(per_channel=False, axis=0), scale, z.to(torch.int32)), r, t
 
 
 def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int,

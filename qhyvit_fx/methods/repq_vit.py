@@ -10,7 +10,7 @@ import torch.nn as nn
 from ..decisions import Decisions
 from ..passes.annotate import ANNOTATION, searched_layers
 from ..patterns.kinds import metadata_read, norm_owner
-from ..quantizer import QParams, params_from_range
+from ..quantizer import params_from_range, per_tensor_equivalent
 from ..search.nonuniform import input_role, log_params
 from ..search.problem import ActStats
 from .base import register_method
@@ -25,11 +25,7 @@ def reparam_params(ch_lo: torch.Tensor, ch_hi: torch.Tensor, spec) -> tuple:
     by t = s_c (z_c - z), which makes the per-tensor quantizer of the new input compute exactly the
     per-channel quantization of the old one.  Returns (per-tensor QParams, r, t)."""
     pc = params_from_range(ch_lo, ch_hi, spec.with_(per_channel=True, axis=0))
-    s = pc.scale.mean()
-    z = torch.round(pc.zero_point.float().mean()).clamp(spec.qmin, spec.qmax)
-    r = pc.scale / s
-    t = pc.scale * (pc.zero_point.float() - z)
-    return QParams(spec.with_(per_channel=False, axis=0), s, z.to(torch.int32)), r, t
+    return per_tensor_equivalent(pc, pc.scale.mean())
 
 
 @register_method

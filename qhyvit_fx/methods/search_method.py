@@ -16,7 +16,7 @@ from ..config import check_device as search_device
 from ..decisions import Decisions, LayerDecision
 from ..passes.annotate import ANNOTATION, quantized_layers, searched_layers
 from ..passes.convert import convert_graph
-from ..quantizer import QParams
+from ..quantizer import QParams, per_tensor_equivalent
 from ..search.problem import SearchOptions
 from ..search.shared import SharedPoint, decide_shared
 from ..passes.group_quantizers import quant_groups
@@ -70,11 +70,7 @@ def norm_fold(norm: str, per_channel: QParams, m: torch.Tensor) -> Tuple[QParams
     norm's output becomes (y + t) / m with t_c = s_c (z_c - z_r), the layer's weight W * m, exactly the
     weight the search scored (it searched the weight on W * m).  ``shift: quantized``: convert removes
     the shift through the quantized weight, so the layer computes what the search scored."""
-    spec = per_channel.spec
-    s_r = per_channel.scale.max()
-    z_r = torch.round(per_channel.zero_point.float().mean()).clamp(spec.qmin, spec.qmax)
-    t = per_channel.scale * (per_channel.zero_point.float() - z_r)
-    qp = QParams(spec.with_(per_channel=False, axis=0), s_r, z_r.to(torch.int32))
+    qp, _, t = per_tensor_equivalent(per_channel, per_channel.scale.max())      # r = m (the search's ratios)
     return qp, {"norm": norm, "in_scale": m.clone(), "in_shift": t, "shift": "quantized"}
 
 
