@@ -408,3 +408,95 @@ def test_norm_folded_input_is_the_searched_per_channel_quantizer(target):
     b = m.fc.bias + (d.bias_delta if d.bias_delta is not None else 0)
     want = y_q @ w_q.t() + b
     assert torch.allclose(got["fc"], want, atol=1e-4), float((got["fc"] - want).abs().max())
+
+
+class _PaddedConvs(torch.nn.Module):
+    """1x1 conv -> SiLU -> padded depthwise 3x3 -> SiLU -> padded dense 3x3 -> pool -> linear, with
+    channel ranges spread over 30x (the inputs the MobileNetV2 / MobileViT blocks give their kxk convs)."""
+
+    def __init__(self):
+        super().__init__()
+        self.pw = torch.nn.Conv2d(3, 16, 1)
+        self.dw = torch.nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.kxk = torch.nn.Conv2d(16, 8, 3, padding=1)
+        self.head = torch.nn.Linear(8, 4)
+        with torch.no_grad():
+            self.pw.weight.mul_(torch.linspace(0.2, 6, 16)[:, None, None, None])
+            self.dw.weight.mul_(torch.linspace(6, 0.2, 16)[:, None, None, None])
+
+    def forward(self, x):
+        x = torch.nn.functional.silu(self.dw(torch.nn.functional.silu(self.pw(x))))
+        return self.head(self.kxk(x).mean((2, 3)))
+
+
+def test_padded_and_grouped_convs_migrate_per_channel_scales_with_one_zero_point(tmp_path):
+    """act_channel_migrate_scales: a padded (depthwise or dense) conv may take per-channel input scales
+    with one zero point for all channels, read with one scale, the ratios moved into the weights.  The
+    kernel pads with that zero point, so the deployed conv equals per-channel quantization followed by
+    the zero-padded conv of Q(W * m) / m, border included; onnxruntime runs it in QLinearConv."""
+    import torch.nn.functional as F
+    from qhyvit_fx.modules import MigratedQuantize
+    from qhyvit_fx.quantizer import fake_quant
+    torch.manual_seed(0)
+    m = _PaddedConvs().eval()
+    x = torch.randn(32, 3, 12, 12, generator=torch.Generator().manual_seed(2))
+    cfg = q.QConfig.flat(method="qhyvit", target="ort", w_bits=6, a_bits=6, act_channel_migrate_scales=True)
+    pm = q.prepare(m, x[:1], cfg)
+    anns = {n.meta["qhyvit_quant"].layer: n.meta["qhyvit_quant"] for n in pm.graph.nodes if "qhyvit_quant" in n.meta}
+    assert {k: a.input_migrate for k, a in anns.items()} == {"pw": "channel", "dw": "scale", "kxk": "scale",
+                                                             "head": "channel"}
+    q.calibrate(pm, x)
+    dec = quant_state(pm).decisions
+    for layer in ("dw", "kxk"):
+        d = dec.layers[layer]
+        assert d.input_migration is not None and d.inputs[0].spec.per_channel
+        zp = d.inputs[0].zero_point
+        assert bool((zp == zp[0]).all()) and 0 < int(zp[0]) < 63      # one zero point, SiLU's negative share
+    qm = q.convert(pm)
+    d = dec.layers["dw"]
+    qin, ratios = d.inputs[0], d.input_migration
+    mods = dict(qm.named_modules())
+    obs = next(mods[n.target] for n in qm.graph.nodes if n.op == "call_module"
+               and isinstance(mods[n.target], MigratedQuantize) and n.target.endswith("dw__in0"))
+    assert obs.dq_zero_point == int(qin.zero_point[0])
+    y = torch.nn.functional.silu(torch.randn(2, 16, 6, 6, generator=torch.Generator().manual_seed(3)) * 3)
+    yq = fake_quant(y, qin.scale, qin.zero_point, qin.spec.qmin, qin.spec.qmax, axis=1)
+    w = m.dw.weight * ratios[:, None, None, None]
+    wq = fake_quant(w, d.weight.scale, d.weight.zero_point, d.weight.spec.qmin, d.weight.spec.qmax, axis=0)
+    ref = F.conv2d(yq, wq / ratios[:, None, None, None], m.dw.bias, padding=1, groups=16)
+    got = qm.get_submodule("dw")(obs(y))
+    assert (got - ref).abs().max().item() < 1e-4 * ref.abs().max().item()
+    path = str(tmp_path / "padded.onnx")
+    export_onnx(qm, path)
+    rep = check_onnx(path)
+    assert rep.integer_count == len(rep.ops) == 4
+    with torch.no_grad():
+        want = qm(x)
+    assert torch.equal(ort_callable(path, optimize=False)(x), want) or \
+        (ort_callable(path, optimize=False)(x) - want).abs().max().item() < 1e-5
+    assert (ort_callable(path)(x) - want).abs().max().item() < 0.05 * want.abs().max().item()
+    # off (the default): padded convs keep per-tensor inputs
+    pm = q.prepare(m, x[:1], q.QConfig(method="qhyvit", target="ort", w_bits=6, a_bits=6))
+    q.calibrate(pm, x)
+    assert all(quant_state(pm).decisions.layers[k].input_migration is None for k in ("dw", "kxk"))
+
+
+def test_shared_zero_point_ranges_give_every_channel_one_zero_point():
+    from qhyvit_fx.quantizer import QSpec, params_from_range
+    from qhyvit_fx.search.candidates import _shared_zero_spans, shared_zero_point_stats
+    from qhyvit_fx.search.problem import ActStats
+    lo = torch.tensor([-0.28, -0.28, -0.1, 0.0, -3.0, 0.0])
+    hi = torch.tensor([7.0, 1.3, 2.0, 0.0, 3.0, 4.0])           # a dead channel, a symmetric one
+    st = ActStats(lo.min(), hi.max(), lo, hi)
+    st.folds = [ActStats(lo.min(), hi.max(), lo * 0.5, hi * 0.9)]
+    spec = QSpec(bits=6, symmetric=False, per_channel=True, axis=1, signed=False)
+    out = shared_zero_point_stats(st, spec)
+    z = int(params_from_range(out.ch_lo, out.ch_hi, spec).zero_point[0])
+    for s in [out] + out.folds:
+        qp = params_from_range(s.ch_lo, s.ch_hi, spec, fraction=torch.tensor([[1.0], [0.6], [1.2]]))
+        assert bool((qp.zero_point == z).all())
+    # every channel's observed range is covered, and no other zero point has less noise (sum of span^2)
+    assert bool((out.ch_hi >= hi - 1e-6).all()) and bool((out.ch_lo <= lo + 1e-6).all())
+    noise = [float((_shared_zero_spans(lo, hi, k, 63) ** 2).sum()) for k in range(64)]
+    assert noise[z] == min(noise) and 0 < z < 63
+    assert noise[0] == float("inf")                    # z = 0 cannot hold the negative values

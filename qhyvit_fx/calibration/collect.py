@@ -8,6 +8,7 @@ import torch
 import torch.fx as fx
 
 from ..passes.annotate import ANNOTATION, QuantAnnotation, searched_layers
+from ..search.candidates import shared_zero_point_stats
 from ..search.problem import MatmulProblem, WeightedLayerProblem
 from .gradients import damped, grad2_chunk
 from .interpreters import LayerRecord, RowCollector, output_activation, searches_output
@@ -144,13 +145,19 @@ def build_problems(prepared: fx.GraphModule, records: Dict[str, LayerRecord], ta
                 obj_out = _cat(orec.out)
                 obj_grad = damped(_cat(orec.grad), params.grad_damping)
                 info[ann.layer] = {"bridge_objective": f"output of {orec.ann.layer}"}
+        # per-channel input codes with one zero point (padded / grouped convs) only where the method
+        # takes them: then the channel ranges are aligned to that zero point
+        migrate = ann.input_migrate == "channel" or (ann.input_migrate == "scale" and
+                                                     params.act_channel_migrate_scales)
+        if migrate and ann.input_migrate == "scale":
+            stats[0] = shared_zero_point_stats(stats[0], specs[0])
         probs[name] = WeightedLayerProblem(
             name=ann.layer, patches=ins[0], weight=w,
             bias=None if mod.bias is None else mod.bias.detach().float(),
             out_fp=obj_out, grad2=obj_grad, groups=groups, col_channel=col_channel,
             act_stats=stats[0], w_spec=ann.weight, a_spec=specs[0],
-            act_per_channel_ok=ann.input_axes.get(0) is not None or ann.input_migrate or ann.fold_norm is not None,
-            act_migrate=ann.input_migrate or ann.fold_norm is not None, tail=tail_fn, layer_out_fp=layer_out,
+            act_per_channel_ok=ann.input_axes.get(0) is not None or migrate or ann.fold_norm is not None,
+            act_migrate=migrate or ann.fold_norm is not None, tail=tail_fn, layer_out_fp=layer_out,
             row_fold=fold_of[plan_rows.index // plan_rows.per_image] if fold_of.numel() else None,
             o_spec=ann.output if params.search_outputs and searches_output(ann) else None, o_stats=o_stats,
             o_act=rec.act_fn, o_act_grad2=damped(_cat(rec.act_grad), params.grad_damping) if rec.act else None,

@@ -92,6 +92,7 @@ class SearchParams(MethodParams):
     shared_output_objective = True
     weight_rounding = "nearest"
     act_channel_migrate = False
+    act_channel_migrate_scales = False
     bridge_objective = False
     act_cv = False
     cv_folds = 4

@@ -45,8 +45,10 @@ class QuantAnnotation:
     # sit in between).  The baselines pick their special quantizers from it.
     producers: Dict[int, tuple] = field(default_factory=dict)
     # input 0 may be quantized per channel although the kernel reads one scale: per-channel codes,
-    # the channel ratios moved into the weight (a linear or an unpadded ungrouped conv)
-    input_migrate: bool = False
+    # the channel ratios moved into the weight.  "channel": scales and zero points per channel (a
+    # linear or an unpadded ungrouped conv; the bias absorbs the zero points); "scale": scales per
+    # channel, one zero point (a padded or grouped conv, whose padding reads that zero point); None
+    input_migrate: Optional[str] = None
     # where input 0 cannot migrate but is the only use of an affine norm's output: the module holding
     # that norm's affine, into which per-channel input ranges fold (RepQ-ViT's reparameterisation)
     fold_norm: Optional[str] = None
@@ -91,13 +93,23 @@ def _clips_above(gm: fx.GraphModule, node: fx.Node) -> bool:
 
 
 def migratable(mod) -> bool:
-    """Whether per-channel input scales can move into the weight exactly: every output reads each
-    input channel through its own weight column and no input position is padding (padding codes
-    would carry the per-tensor zero point, not the channel's).  Integer mode is excluded: other
-    readers of the tensor read the same quantized codes there."""
+    """Whether per-channel input scales *and zero points* can move into the weight and bias exactly:
+    every output reads each input channel through its own weight column and no input position is
+    padding (padding codes would carry the per-tensor zero point, not the channel's).  Integer mode
+    is excluded: other readers of the tensor read the same quantized codes there."""
     if isinstance(mod, nn.Linear):
         return True
     return isinstance(mod, nn.Conv2d) and mod.groups == 1 and mod.padding in ((0, 0), "valid")
+
+
+def migration_kind(mod) -> Optional[str]:
+    """How per-channel input codes of ``mod`` can be read with one scale (QuantAnnotation.input_migrate):
+    "channel" where :func:`migratable`, "scale" for the other convs (padded or grouped: per-channel
+    scales with one zero point, so a padded position reads 0 in every channel; a depthwise conv's
+    per-channel weight takes the ratios at no cost), else None."""
+    if migratable(mod):
+        return "channel"
+    return "scale" if isinstance(mod, nn.Conv2d) else None
 
 
 def _foldable_norm(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
@@ -258,7 +270,7 @@ def _weighted_annotation(gm: fx.GraphModule, node: fx.Node, k: Kind, config: QCo
     override = config.layer_overrides.get(name, {})
     w_bits = int(override.get("w_bits", w_bits))
     a_bits = int(override.get("a_bits", a_bits))
-    migrate, fold, mig_axis = False, None, 0
+    migrate, fold, mig_axis = None, None, 0
     if k == Kind.MATMUL:
         idxs = [0, 1]
         axes = {0: None, 1: None}
@@ -269,8 +281,8 @@ def _weighted_annotation(gm: fx.GraphModule, node: fx.Node, k: Kind, config: QCo
         axes = {0: None if r is None else backend.input_axis(1 if k == Kind.CONV else r - 1)}
         wspec = backend.weight_spec(config.weight_spec(w_bits))
         # whether the kernels could run a migrated per-channel input; the method decides to use it
-        migrate = backend.can_migrate(config.mode_rules) \
-            and migratable(node_module(gm, node)) and not _quantized_by_producer(gm, node.args[0])
+        migrate = migration_kind(node_module(gm, node)) if backend.can_migrate(config.mode_rules) \
+            and not _quantized_by_producer(gm, node.args[0]) else None
         if not migrate and backend.norm_folded_inputs:
             fold = _foldable_norm(gm, node)       # or fold them into the norm that feeds it
         if migrate or fold:

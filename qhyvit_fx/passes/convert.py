@@ -60,10 +60,13 @@ def _reparameterise(gm: fx.GraphModule, node: fx.Node, layer: str, rp: dict) -> 
 
 
 def _scaled_input_channels(mod: nn.Module, r: torch.Tensor) -> nn.Module:
-    """A copy of the conv / linear whose weight is W * r along its input channels."""
+    """A copy of the conv / linear whose weight is W * r along its input channels (a grouped conv's
+    output channel o reads the input channels of its group)."""
     mod = copy.deepcopy(mod)
+    groups = getattr(mod, "groups", 1)
+    per_column = r.reshape(groups, -1).repeat_interleave(mod.weight.shape[0] // groups, dim=0)
     with torch.no_grad():
-        mod.weight.mul_(r.reshape((1, -1) + (1,) * (mod.weight.dim() - 2)))
+        mod.weight.mul_(per_column.reshape(per_column.shape + (1,) * (mod.weight.dim() - 2)))
     return mod
 
 
@@ -77,6 +80,19 @@ def _migrated_read(layer: str, qp: Optional[QParams], m: torch.Tensor) -> float:
         raise DecisionsError(f"layer '{layer}': input scales / input_migration must be one number "
                              "(the per-tensor scale the kernel reads)")
     return float(r.mean())
+
+
+def _migrated_zero_point(layer: str, mod: nn.Module, qp: QParams) -> int:
+    """The one zero point the kernel reads a migrated input with: 0 where the bias absorbs the
+    channels' zero points (:func:`migratable` layers), else their common value (a padded or
+    grouped conv pads with it, so it must be every channel's)."""
+    if migratable(mod):
+        return 0
+    z = qp.zero_point.reshape(-1)
+    if not isinstance(mod, nn.Conv2d) or not bool((z == z[0]).all()):
+        raise DecisionsError(f"layer '{layer}': input_migration on a padded or grouped conv needs one zero "
+                             "point for all channels (the kernel pads with it)")
+    return int(z[0])
 
 
 def _zero_point_bias(q: nn.Module, qp: QParams, dq_scale: float, dq_zero_point: int) -> None:
@@ -116,11 +132,12 @@ def convert_graph(prepared: fx.GraphModule, decisions: Decisions) -> fx.GraphMod
                                  "belong to this model or config (re-run calibration)")
         if d.reparam is not None:
             _reparameterise(gm, node, ann.layer, d.reparam)
-        dq_scale = None
+        dq_scale = dq_zero = None
         if d.input_migration is not None:
             if ann.weight is None or d.weight is None:
                 raise DecisionsError(f"layer '{ann.layer}': input_migration needs a quantized weight to move into")
             dq_scale = _migrated_read(ann.layer, d.inputs.get(0), d.input_migration)
+            dq_zero = _migrated_zero_point(ann.layer, gm.get_submodule(node.target), d.inputs[0])
         if ann.weight is not None and d.weight is not None:
             q = _quantized_layer(gm.get_submodule(node.target), ann.layer, d, dq_scale)
             if d.reparam is not None and d.reparam.get("shift") == "quantized":
@@ -133,7 +150,7 @@ def convert_graph(prepared: fx.GraphModule, decisions: Decisions) -> fx.GraphMod
                 _check_shared(obs_name, placed[obs_name], (ann.layer, slot, qp))
                 continue
             placed[obs_name] = (ann.layer, slot, qp)
-            _place_quantizer(gm, ann.layer, slot, obs_name, d, dq_scale)
+            _place_quantizer(gm, ann.layer, slot, obs_name, d, dq_scale, dq_zero)
     g.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
@@ -169,17 +186,15 @@ def _quantized_layer(mod: nn.Module, layer: str, d, dq_scale: Optional[float]) -
     if d.weight.spec.per_channel and d.weight.spec.axis != 0:
         raise DecisionsError(f"layer '{layer}': weight channels are on axis 0")
     if dq_scale is not None:
-        if not migratable(mod):
-            raise DecisionsError(f"layer '{layer}': input_migration needs a linear or an ungrouped "
-                                 "conv without padding")
-        if d.input_migration.numel() != mod.weight.shape[1]:
+        channels = mod.weight.shape[1] * getattr(mod, "groups", 1)
+        if d.input_migration.numel() != channels:
             raise DecisionsError(f"layer '{layer}': input_migration has {d.input_migration.numel()} "
-                                 f"values for {mod.weight.shape[1]} input channels")
+                                 f"values for {channels} input channels")
         mod = _scaled_input_channels(mod, d.input_migration)
     q = QuantConv2d(mod, d.weight) if isinstance(mod, nn.Conv2d) else QuantLinear(mod, d.weight)
     if d.weight_codes is not None:
         q.set_codes(d.weight_codes, layer)
-    if dq_scale is not None:
+    if dq_scale is not None and migratable(mod):    # (a common zero point, dq_zero, adds no offset)
         _zero_point_bias(q, d.inputs[0], dq_scale, 0)
     if d.bias_delta is not None:
         if d.bias_delta.numel() != mod.weight.shape[0]:
@@ -191,7 +206,7 @@ def _quantized_layer(mod: nn.Module, layer: str, d, dq_scale: Optional[float]) -
 
 
 def _place_quantizer(gm: fx.GraphModule, layer: str, slot: str, obs_name: str, d,
-                     dq_scale: Optional[float]) -> None:
+                     dq_scale: Optional[float], dq_zero: Optional[int] = None) -> None:
     """The observer ``obs_name`` becomes the decided quantizer of ``slot``, or goes (no decision)."""
     g = gm.graph
     obs_node = next(n for n in g.nodes if n.op == "call_module" and n.target == obs_name)
@@ -209,6 +224,6 @@ def _place_quantizer(gm: fx.GraphModule, layer: str, slot: str, obs_name: str, d
         axis = axis % len(shape)
         _check_channels(layer, slot, qp, shape[axis])
     if slot == "in0" and dq_scale is not None:
-        gm.add_submodule(obs_name, MigratedQuantize(qp, axis, dq_scale))
+        gm.add_submodule(obs_name, MigratedQuantize(qp, axis, dq_scale, dq_zero or 0))
     else:
         gm.add_submodule(obs_name, make_quantizer(qp, axis=axis))

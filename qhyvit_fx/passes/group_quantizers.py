@@ -136,7 +136,7 @@ def _make_group(members, anns, tensor_of) -> QuantGroup:
             j = int(slot[2:])
             ann.inputs[j], ann.input_axes[j] = spec, None
             if j == 0:
-                ann.input_migrate, ann.fold_norm = False, None
+                ann.input_migrate, ann.fold_norm = None, None
     return QuantGroup(observer_name(*first), tensor_of[first].name, members, spec, None, output=bool(out))
 
 

@@ -8,7 +8,7 @@ from typing import List
 import torch
 
 from ..quantizer import QParams, QSpec, candidate_fractions, fake_quant, params_from_range
-from .problem import SearchOptions, WeightedLayerProblem
+from .problem import ActStats, SearchOptions, WeightedLayerProblem
 
 
 def fractions_for(opts: SearchOptions, widen: bool = False) -> torch.Tensor:
@@ -22,6 +22,50 @@ def fractions_for(opts: SearchOptions, widen: bool = False) -> torch.Tensor:
     if widen and opts.channel_fractions is not None:
         f = torch.cat([f, opts.channel_fractions.to(f.device)])
     return f
+
+
+def _shared_zero_spans(lo: torch.Tensor, hi: torch.Tensor, z: int, levels: int) -> torch.Tensor:
+    """Span of each channel's range [-z s_c, (levels - z) s_c] (s_c = span / levels) that contains
+    [lo_c, hi_c]: the side that needs more sets it (inf where one zero point z cannot hold a side)."""
+    rho = z / levels
+    lo, hi = lo.clamp(max=0), hi.clamp(min=0)
+    need_hi = hi / (1 - rho) if rho < 1 else torch.where(hi > 0, torch.inf, 0.0)
+    need_lo = -lo / rho if rho > 0 else torch.where(lo < 0, torch.inf, 0.0)
+    return torch.maximum(need_hi, need_lo)
+
+
+def aligned_ranges(lo: torch.Tensor, hi: torch.Tensor, z: int, levels: int):
+    """Per-channel ranges with the one zero point z that contain [lo_c, hi_c].  A dead channel keeps
+    a tiny span, so it still gets z."""
+    span = _shared_zero_spans(lo, hi, z, levels)
+    span = span.clamp_min(float(span.max()) * 1e-6 + 1e-12)
+    rho = z / levels
+    return -rho * span, (1 - rho) * span
+
+
+def shared_zero_point(lo: torch.Tensor, hi: torch.Tensor, levels: int) -> int:
+    """The one zero point that gives per-channel ranges [lo_c, hi_c] the least quantization noise
+    (sum of squared channel spans, so of squared scales) when every channel must use it."""
+    noise = [float((_shared_zero_spans(lo, hi, z, levels) ** 2).sum()) for z in range(levels + 1)]
+    return min(range(levels + 1), key=lambda z: noise[z])
+
+
+def shared_zero_point_stats(st: ActStats, spec: QSpec) -> ActStats:
+    """``st`` with per-channel ranges widened so that :func:`params_from_range` gives every channel one
+    zero point: channel c covers [-z s_c, (levels - z) s_c].  A conv that reads padding can take
+    per-channel input codes only so: the kernel pads with the zero point it reads, which must mean 0
+    in every channel.  Fold statistics get the same z.  Symmetric codes already share z = 0."""
+    if spec.symmetric or st.ch_lo is None:
+        return st
+    levels = spec.qmax - spec.qmin
+    z = shared_zero_point(st.ch_lo, st.ch_hi, levels)
+
+    def restat(s: ActStats) -> ActStats:
+        return ActStats(s.lo, s.hi, *aligned_ranges(s.ch_lo, s.ch_hi, z, levels)) if s.ch_lo is not None else s
+
+    out = restat(st)
+    out.folds = None if st.folds is None else [restat(f) for f in st.folds]
+    return out
 
 
 def spec_combos(base: QSpec, opts: SearchOptions, per_channel_ok: bool, asym_ok: bool, asym_signed: bool

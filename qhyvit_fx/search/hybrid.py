@@ -283,6 +283,8 @@ def _search_act(p: WeightedLayerProblem, wq_for, cur: Optional[Choice], opts: Se
 # one scale s_r = max s_c are x_c / m_c (m_c = s_c / s_r, up to a zero-point constant that the bias
 # absorbs); a weight W * m (columns) quantized per output channel undoes it.  So the layer computes
 # x_hat @ (Q(W * m) / m)^T: the weight quantizer acts on W * m, and the search scores exactly that.
+# A padded or grouped conv reads its padding as the one zero point, so there the channels share it
+# (candidates.shared_zero_point_stats aligns their ranges) and no constant is left to absorb.
 
 def _migration(p: WeightedLayerProblem, spec: QSpec, qp: Optional[QParams] = None) -> Optional[torch.Tensor]:
     """Input-channel ratios m [K] of a migrated per-channel input (None when the input is not one)."""
@@ -293,8 +295,17 @@ def _migration(p: WeightedLayerProblem, spec: QSpec, qp: Optional[QParams] = Non
     return qp.scale / qp.scale.max()
 
 
+def _column_ratios(p: WeightedLayerProblem, m: torch.Tensor) -> torch.Tensor:
+    """m per weight column: [1, K] for an ungrouped layer, [C, Kg] for a grouped conv (output
+    channel o of group g reads the input channels of g)."""
+    mc = m[p.col_channel]
+    if p.groups == 1:
+        return mc[None, :]
+    return mc.reshape(p.groups, -1).repeat_interleave(p.weight.shape[0] // p.groups, dim=0)
+
+
 def _weight_in(p: WeightedLayerProblem, m: Optional[torch.Tensor]) -> torch.Tensor:
-    return p.weight if m is None else p.weight * m[p.col_channel][None, :]
+    return p.weight if m is None else p.weight * _column_ratios(p, m)
 
 
 def _moved(qp: QParams, w_from: torch.Tensor, w_to: torch.Tensor) -> QParams:
@@ -311,7 +322,7 @@ def _effective_weight(p: WeightedLayerProblem, wqp: QParams, m: Optional[torch.T
     """The quantized weight [C, Kg] as the layer applies it to x_hat (Q(W * m) / m); ``codes``: the
     integer codes when they are not round-to-nearest."""
     wq = weight_candidates(_weight_in(p, m), one(wqp))[0] if codes is None else dequantize(codes, wqp)
-    return wq if m is None else wq / m[p.col_channel][None, :]
+    return wq if m is None else wq / _column_ratios(p, m)
 
 
 def result_weight(p: WeightedLayerProblem, res: "LayerResult") -> torch.Tensor:
@@ -329,7 +340,7 @@ def rounded_codes(p: WeightedLayerProblem, wqp: QParams, in_qp: QParams, m: Opti
     x_dom = xq if m is None else xq / m[p.col_channel][None, :]
 
     def err_of(wq_dom):
-        wq = wq_dom if m is None else wq_dom / m[p.col_channel][None, :]
+        wq = wq_dom if m is None else wq_dom / _column_ratios(p, m)
         return float(_w_err_direct(p, xq, wq[None], p.rows, opts).sum())
     codes, _, _ = round_weight(x_dom, _weight_in(p, m), wqp, p.grad2.mean(-1), p.groups, err_of)
     return codes
