@@ -237,13 +237,14 @@ def test_migrated_per_channel_inputs_run_in_integer_kernels(tmp_path, tiny, tiny
     q.calibrate(pm, tiny_images)
     dec = quant_state(pm).decisions
     migrated = {d.layer for d in dec.layers.values() if d.input_migration is not None}
-    assert migrated == {"vit.transformer.0.attn.qkv", "vit.transformer.0.mlp.fc1"}
+    # linears (per-channel zero points), and padded convs (one zero point: act_channel_migrate_scales)
+    assert migrated == {"vit.transformer.0.attn.qkv", "vit.transformer.0.mlp.fc1", "dw.0", "vit.conv_kxk.conv"}
     qm = q.convert(pm)
     d = dec.layers["vit.transformer.0.mlp.fc1"]
     qin, m = d.inputs[0], d.input_migration
     assert qin.spec.per_channel and qin.spec.axis == 2 and m.numel() == 24 and float(m.max()) == 1.0
     mods = dict(qm.named_modules())
-    assert sum(isinstance(x, MigratedQuantize) for x in mods.values()) == 2
+    assert sum(isinstance(x, MigratedQuantize) for x in mods.values()) == 4
     # the deployed arithmetic equals per-channel quantization with the weight Q(W * m) / m
     lin = pm.get_submodule("vit.transformer.0.mlp.fc1")
     x = torch.randn(2, 5, 24, generator=torch.Generator().manual_seed(3)) * 2
@@ -440,8 +441,7 @@ def test_padded_and_grouped_convs_migrate_per_channel_scales_with_one_zero_point
     torch.manual_seed(0)
     m = _PaddedConvs().eval()
     x = torch.randn(32, 3, 12, 12, generator=torch.Generator().manual_seed(2))
-    cfg = q.QConfig.flat(method="qhyvit", target="ort", w_bits=6, a_bits=6, act_channel_migrate_scales=True)
-    pm = q.prepare(m, x[:1], cfg)
+    pm = q.prepare(m, x[:1], q.QConfig(method="qhyvit", target="ort", w_bits=6, a_bits=6))   # on by default
     anns = {n.meta["qhyvit_quant"].layer: n.meta["qhyvit_quant"] for n in pm.graph.nodes if "qhyvit_quant" in n.meta}
     assert {k: a.input_migrate for k, a in anns.items()} == {"pw": "channel", "dw": "scale", "kxk": "scale",
                                                              "head": "channel"}
@@ -475,8 +475,9 @@ def test_padded_and_grouped_convs_migrate_per_channel_scales_with_one_zero_point
     assert torch.equal(ort_callable(path, optimize=False)(x), want) or \
         (ort_callable(path, optimize=False)(x) - want).abs().max().item() < 1e-5
     assert (ort_callable(path)(x) - want).abs().max().item() < 0.05 * want.abs().max().item()
-    # off (the default): padded convs keep per-tensor inputs
-    pm = q.prepare(m, x[:1], q.QConfig(method="qhyvit", target="ort", w_bits=6, a_bits=6))
+    # off: padded convs keep per-tensor inputs
+    pm = q.prepare(m, x[:1], q.QConfig.flat(method="qhyvit", target="ort", w_bits=6, a_bits=6,
+                                            act_channel_migrate_scales=False))
     q.calibrate(pm, x)
     assert all(quant_state(pm).decisions.layers[k].input_migration is None for k in ("dw", "kxk"))
 
