@@ -331,18 +331,26 @@ def test_integer_mode_leaves_float_what_the_backend_names(tiny, tiny_images):
     assert kinds == {("ort", "integer"): 0, ("fakequant", "integer"): 1, ("ort", "full"): 1}
 
 
-@pytest.mark.parametrize("bits", [8, 6])
-def test_relu6_convs_stay_fused_below_8_bits(tmp_path, bits):
+@pytest.mark.parametrize("bits,method", [(8, "minmax"), (6, "minmax"), (8, "qhyvit")])
+def test_relu6_convs_stay_fused_below_8_bits(tmp_path, bits, method):
     """A conv read by ReLU6 runs as QLinearConv at 6-bit activations too: onnxruntime drops the Clip in
     front of a QuantizeLinear only where the Q's uint8 range lies inside [0, 6], which 6-bit codes break,
-    so below 8 bits the output quantizer sits on the raw conv output."""
+    so below 8 bits the output quantizer sits on the raw conv output.  At 8 bits the quantizer follows
+    the ReLU6, and the search may not widen its range past 6 (annotation ``output_max``)."""
     import torch.nn as nn
+    from qhyvit_fx.passes.annotate import ANNOTATION, quantized_layers
     torch.manual_seed(0)
     m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU6(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU6(),
                       nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
     x = torch.randn(16, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 3
-    pm = q.prepare(m, x[:1], q.QConfig(target="ort", w_bits=bits, a_bits=bits, weight_range_bits=7))
+    pm = q.prepare(m, x[:1], q.QConfig(method=method, target="ort", w_bits=bits, a_bits=bits, weight_range_bits=7))
     q.calibrate(pm, x)
+    dec = quant_state(pm).decisions
+    capped = [n.meta[ANNOTATION] for n in quantized_layers(pm) if n.meta[ANNOTATION].output_max]
+    assert len(capped) == (2 if bits == 8 else 0)
+    for ann in capped:
+        out = dec.layers[ann.layer].output
+        assert float((out.spec.qmax - out.zero_point) * out.scale) <= 6.0 * (1 + 1e-6)
     path = str(tmp_path / "m.onnx")
     export_onnx(q.convert(pm), path)
     rep = check_onnx(path)

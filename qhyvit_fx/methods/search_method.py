@@ -174,7 +174,9 @@ class _SharedGroups:
             if self.waiting[g.name]:
                 continue
             pts = [(layer, slot) for layer, slot in g.members if layer in self.held]
-            got = decide_shared([SharedPoint(*self.held[l], s) for l, s in pts], g.spec, opts)
+            caps = [self.anns[l].output_max for l, s in g.members if s == "out" and self.anns[l].output_max]
+            got = decide_shared([SharedPoint(*self.held[l], s) for l, s in pts], g.spec, opts,
+                                max_value=min(caps) if caps else None)
             if got is None:
                 continue
             qp, err, results = got

@@ -52,6 +52,9 @@ class QuantAnnotation:
     # where input 0 cannot migrate but is the only use of an affine norm's output: the module holding
     # that norm's affine, into which per-channel input ranges fold (RepQ-ViT's reparameterisation)
     fold_norm: Optional[str] = None
+    # the upper bound of the ReLU6 the output quantizer follows: onnxruntime drops the Clip (and fuses
+    # the conv) only while the quantizer's range stays inside it, so no searched range may pass it
+    output_max: Optional[float] = None
 
     @property
     def a_bits(self) -> int:
@@ -82,14 +85,15 @@ def _clipping_activation(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
     return u.name if ok else None
 
 
-def _clips_above(gm: fx.GraphModule, node: fx.Node) -> bool:
-    """Whether the clipping activation that alone reads ``node`` (:func:`_clipping_activation`) also
-    clips from above (ReLU6)."""
+def _clip_max(gm: fx.GraphModule, node: fx.Node) -> Optional[float]:
+    """The upper bound of the clipping activation that alone reads ``node``
+    (:func:`_clipping_activation`): 6 for ReLU6, None for a ReLU."""
     import torch.nn.functional as F
     u = next(iter(node.users))
     if u.op == "call_module":
-        return isinstance(gm.get_submodule(u.target), nn.Hardtanh)     # ReLU6 is a Hardtanh
-    return u.op == "call_function" and u.target is F.relu6
+        mod = gm.get_submodule(u.target)
+        return float(mod.max_val) if isinstance(mod, nn.Hardtanh) else None     # ReLU6 is a Hardtanh
+    return 6.0 if u.op == "call_function" and u.target is F.relu6 else None
 
 
 def migratable(mod) -> bool:
@@ -296,12 +300,13 @@ def _weighted_annotation(gm: fx.GraphModule, node: fx.Node, k: Kind, config: QCo
         inputs[j] = backend.matmul_input_spec(j, spec) if k == Kind.MATMUL else spec
     out_spec, after = _output_quantizer(gm, node, k, config, a_bits)
     b = bridge_role(node)
+    out_max = _clip_max(gm, node) if after is not None else None
     return QuantAnnotation(
         layer=name, kind=k.value, weight=wspec, inputs=inputs, input_axes=axes, output=out_spec,
         output_axis=None, output_after=after, bridge=b.id if b else None,
         bridge_role=b.role if b else None,
         producers={j: _producer(gm, node.args[j]) for j in idxs},
-        input_migrate=migrate, fold_norm=fold)
+        input_migrate=migrate, fold_norm=fold, output_max=out_max)
 
 
 def _output_quantizer(gm: fx.GraphModule, node: fx.Node, k: Kind, config: QConfig, a_bits: int):
@@ -319,7 +324,7 @@ def _output_quantizer(gm: fx.GraphModule, node: fx.Node, k: Kind, config: QConfi
     if not (config.quantize_outputs or (config.backend.fused_outputs and needs_out)):
         return None, None
     after = None if bare_relu else _clipping_activation(gm, node)
-    if after is not None and a_bits < 8 and _clips_above(gm, node):
+    if after is not None and a_bits < 8 and _clip_max(gm, node) is not None:
         # onnxruntime drops a Clip in front of a QuantizeLinear only when the Q's whole uint8 range lies
         # inside the clip; below 8 bits 255 codes reach past ReLU6's 6, the Clip stays and the conv is
         # not fused.  Quantize the raw output instead (fused), the Clip then reads it in float.

@@ -77,15 +77,20 @@ def point_errors(pt: SharedPoint, spec: QSpec, f: torch.Tensor, opts: SearchOpti
     return _act_errors(p, spec, f, result_weight(p, res), p.rows, opts)
 
 
-def decide_shared(points: List[SharedPoint], spec: QSpec, opts: SearchOptions
-                  ) -> Optional[Tuple[QParams, float, List[LayerResult]]]:
+def decide_shared(points: List[SharedPoint], spec: QSpec, opts: SearchOptions,
+                  max_value: Optional[float] = None) -> Optional[Tuple[QParams, float, List[LayerResult]]]:
     """(the group's params, its summed objective, the members' results refitted to it), or None when
-    no member has an objective for it (it then keeps its MinMax range)."""
+    no member has an objective for it (it then keeps its MinMax range).  ``max_value``: no candidate's
+    range may reach past it (the ReLU6 in front of the quantizer, which the runtime drops only then)."""
     stats = next((s for s in map(_stats, points) if s is not None), None)
     if stats is None:
         return None
     with torch.no_grad():
         f = fractions_for(opts)
+        if max_value is not None:
+            qp = candidate_params(stats.lo, stats.hi, spec, f)
+            inside = (spec.qmax - qp.zero_point.float()) * qp.scale <= max_value * (1 + 1e-6)
+            f = f[inside] if bool(inside.any()) else f[:1] * 0 + max_value / float(stats.hi.clamp_min(1e-12))
         total, used = torch.zeros(len(f)), 0
         for pt in points:
             e = point_errors(pt, spec, f, opts)
