@@ -170,6 +170,14 @@ class QParams:
         return QParams(spec, scale, zp, over, scale2)
 
 
+def weight_column_ratios(r: torch.Tensor, groups: int, out_channels: int) -> torch.Tensor:
+    """Input-column ratios ``r`` [groups * Kg] laid out on a (grouped) weight [out_channels, Kg]:
+    output channel o of group g reads the columns of g.  Ungrouped: [1, Kg], broadcast over rows."""
+    if groups == 1:
+        return r[None, :]
+    return r.reshape(groups, -1).repeat_interleave(out_channels // groups, dim=0)
+
+
 def per_tensor_equivalent(pc: QParams, scale: torch.Tensor) -> Tuple[QParams, torch.Tensor, torch.Tensor]:
     """Per-channel params (s_c, z_c) as one per-tensor quantizer (``scale``, round(mean z_c)) plus the
     per-channel rescale r = s_c / scale and shift t = s_c (z_c - z) that make it produce the same codes

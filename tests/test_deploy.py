@@ -480,8 +480,7 @@ def test_padded_and_grouped_convs_migrate_per_channel_scales_with_one_zero_point
     assert rep.integer_count == len(rep.ops) == 4
     with torch.no_grad():
         want = qm(x)
-    assert torch.equal(ort_callable(path, optimize=False)(x), want) or \
-        (ort_callable(path, optimize=False)(x) - want).abs().max().item() < 1e-5
+    assert (ort_callable(path, optimize=False)(x) - want).abs().max().item() < 1e-5   # Q/DQ in float: torch
     assert (ort_callable(path)(x) - want).abs().max().item() < 0.05 * want.abs().max().item()
     # off: padded convs keep per-tensor inputs
     pm = q.prepare(m, x[:1], q.QConfig.flat(method="qhyvit", target="ort", w_bits=6, a_bits=6,

@@ -14,7 +14,7 @@ import torch.nn as nn
 from ..decisions import Decisions, DecisionsError
 from ..modules import MigratedQuantize, QuantConv2d, QuantLinear, make_quantizer
 from ..patterns.kinds import shape as node_shape
-from ..quantizer import QParams
+from ..quantizer import QParams, weight_column_ratios
 from .annotate import ANNOTATION, migratable
 from ..state import quant_state
 
@@ -63,8 +63,7 @@ def _scaled_input_channels(mod: nn.Module, r: torch.Tensor) -> nn.Module:
     """A copy of the conv / linear whose weight is W * r along its input channels (a grouped conv's
     output channel o reads the input channels of its group)."""
     mod = copy.deepcopy(mod)
-    groups = getattr(mod, "groups", 1)
-    per_column = r.reshape(groups, -1).repeat_interleave(mod.weight.shape[0] // groups, dim=0)
+    per_column = weight_column_ratios(r, getattr(mod, "groups", 1), mod.weight.shape[0])
     with torch.no_grad():
         mod.weight.mul_(per_column.reshape(per_column.shape + (1,) * (mod.weight.dim() - 2)))
     return mod

@@ -28,7 +28,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from ..quantizer import QParams, QSpec, channel_minmax, fake_quant, params_from_range
+from ..quantizer import QParams, QSpec, channel_minmax, fake_quant, params_from_range, weight_column_ratios
 from .candidates import (candidate_params, chunks, fractions_for, one, quant_operand, quant_patches,  # noqa: F401
                          slice_candidates, spec_combos, take, weight_candidates)
 from .objective import weighted_error
@@ -296,12 +296,8 @@ def _migration(p: WeightedLayerProblem, spec: QSpec, qp: Optional[QParams] = Non
 
 
 def _column_ratios(p: WeightedLayerProblem, m: torch.Tensor) -> torch.Tensor:
-    """m per weight column: [1, K] for an ungrouped layer, [C, Kg] for a grouped conv (output
-    channel o of group g reads the input channels of g)."""
-    mc = m[p.col_channel]
-    if p.groups == 1:
-        return mc[None, :]
-    return mc.reshape(p.groups, -1).repeat_interleave(p.weight.shape[0] // p.groups, dim=0)
+    """m per weight column: [1, K] for an ungrouped layer, [C, Kg] for a grouped conv."""
+    return weight_column_ratios(m[p.col_channel], p.groups, p.weight.shape[0])
 
 
 def _weight_in(p: WeightedLayerProblem, m: Optional[torch.Tensor]) -> torch.Tensor:

@@ -90,7 +90,8 @@ def decide_shared(points: List[SharedPoint], spec: QSpec, opts: SearchOptions,
         if max_value is not None:
             qp = candidate_params(stats.lo, stats.hi, spec, f)
             inside = (spec.qmax - qp.zero_point.float()) * qp.scale <= max_value * (1 + 1e-6)
-            f = f[inside] if bool(inside.any()) else f[:1] * 0 + max_value / float(stats.hi.clamp_min(1e-12))
+            # (none inside: the observed range itself passes the clip; take the fraction that ends there)
+            f = f[inside] if bool(inside.any()) else torch.full((1,), max_value / float(stats.hi.clamp_min(1e-12)))
         total, used = torch.zeros(len(f)), 0
         for pt in points:
             e = point_errors(pt, spec, f, opts)
